@@ -1,0 +1,146 @@
+"""The exception hierarchy of aibatch.
+
+Every error aibatch raises on purpose is an :class:`AibatchError`::
+
+    AibatchError
+    ├── UsageError            bad option or job file (exit 2)
+    │   ├── InputError        unreadable or malformed input: .path .line .column
+    │   ├── UnknownProviderError
+    │   └── UnknownModelError
+    ├── ProviderError         one request failed: .http_status
+    │   ├── TransientError    retryable: 5xx, reset, timeout, cut stream, empty answer
+    │   │   ├── RateLimited   429: .retry_after
+    │   │   └── TokenRejected 401/403: refresh the token, then retry
+    │   └── PermanentError    other 4xx: retrying cannot help
+    ├── CheckpointError       lock held by another run, unreadable state
+    └── OutputError           output not writable, column clash, disk full
+
+Retry decisions read the class, never the message. Errors from foreign libraries
+(aiohttp, timeouts, OS errors) are translated once, where they are caught, with
+``raise ... from exc``. Messages never contain a provider token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from os import PathLike
+
+__all__ = [
+    "AibatchError",
+    "CheckpointError",
+    "InputError",
+    "OutputError",
+    "PermanentError",
+    "ProviderError",
+    "RateLimited",
+    "TokenRejected",
+    "TransientError",
+    "UnknownModelError",
+    "UnknownProviderError",
+    "UsageError",
+]
+
+
+class AibatchError(Exception):
+    """Base class of every error aibatch raises on purpose."""
+
+
+class UsageError(AibatchError):
+    """A bad option, job file or input: nothing was sent."""
+
+
+class InputError(UsageError):
+    """The input cannot be read or is malformed.
+
+    Attributes:
+        path: the input file (``"-"`` for standard input).
+        line: 1-based line (CSV, JSONL) or row number (Parquet) where it went wrong.
+        column: the column name or 1-based position, when known.
+        reason: what is wrong, without the location.
+    """
+
+    def __init__(
+        self,
+        path: str | PathLike[str],
+        reason: str,
+        *,
+        line: int | None = None,
+        column: str | int | None = None,
+    ) -> None:
+        self.path = str(path)
+        self.reason = reason
+        self.line = line
+        self.column = column
+        where = self.path
+        if line is not None:
+            where += f", line {line}"
+        if column is not None:
+            where += f", column {column!r}" if isinstance(column, str) else f", column {column}"
+        super().__init__(f"{where}: {reason}")
+
+
+class _UnknownNameError(UsageError):
+    kind = "name"
+
+    def __init__(self, name: str, known: Iterable[str]) -> None:
+        self.name = name
+        self.known = sorted(known)
+        super().__init__(f"unknown {self.kind} {name!r}; known: {', '.join(self.known)}")
+
+
+class UnknownProviderError(_UnknownNameError):
+    """No provider of that name is installed."""
+
+    kind = "provider"
+
+
+class UnknownModelError(_UnknownNameError):
+    """The provider does not serve that model."""
+
+    kind = "model"
+
+
+class ProviderError(AibatchError):
+    """One request to the provider failed.
+
+    Attributes:
+        http_status: the HTTP status of the failed attempt, if a response came back.
+    """
+
+    def __init__(self, message: str, *, http_status: int | None = None) -> None:
+        self.http_status = http_status
+        super().__init__(message)
+
+
+class TransientError(ProviderError):
+    """A failure that may pass: 5xx, connection reset, timeout, cut stream, empty answer."""
+
+
+class RateLimited(TransientError):
+    """The provider answered 429.
+
+    Attributes:
+        retry_after: seconds the server asked us to wait, if it said.
+    """
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, http_status: int | None = 429
+    ) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, http_status=http_status)
+
+
+class TokenRejected(TransientError):
+    """The provider rejected the token (401/403): fetch a new one and retry."""
+
+
+class PermanentError(ProviderError):
+    """A failure that retrying cannot fix: a 4xx other than 401, 403, 408 and 429."""
+
+
+class CheckpointError(AibatchError):
+    """The checkpoint is locked by another run or cannot be read."""
+
+
+class OutputError(AibatchError):
+    """The output cannot be written: directory missing, not writable, column clash, disk full."""

@@ -1,0 +1,196 @@
+"""AiChatOnline: gpt4free's provider, with session and token reuse and typed errors.
+
+The public shape follows the original (``site_url``, ``url``, ``api_endpoint``,
+``grab_token``, ``create_async_generator``, ``_get_response``); what differs is that an
+instance is an async resource holding one session and one :class:`TokenManager` for a
+whole batch, and that every failure is raised as an :mod:`aibatch.errors` type instead
+of being swallowed. Wire details: the project README and ``PROTOCOL``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from typing import Any, ClassVar
+
+import aiohttp
+
+from ..errors import TokenRejected, TransientError
+from ..types import ChatRequest
+from .base import AsyncGeneratorProvider, ProviderModelMixin, StreamInfo, response_error
+from .helpers import format_prompt, get_random_string
+from .tokens import Token, TokenManager
+
+log = logging.getLogger(__name__)
+
+__all__ = ["AiChatOnline"]
+
+BASE_URL_ENV = "AIBATCH_AICHATONLINE_URL"
+
+
+class AiChatOnline(AsyncGeneratorProvider, ProviderModelMixin):
+    """The AiChatOnline chat service (``https://aichatonline.org``).
+
+    Args:
+        base_url: API base; default ``$AIBATCH_AICHATONLINE_URL``, else :attr:`url`.
+        token_max_uses: replace the token after this many requests.
+        token_max_age: replace the token after this many seconds.
+        token_pool: spread requests over this many tokens.
+        token_retries: fresh tokens to try within one call after a 401/403.
+        **kwargs: see :class:`AsyncGeneratorProvider`.
+    """
+
+    name: ClassVar[str] = "aichatonline"
+    site_url: ClassVar[str] = "https://aichatonline.org"
+    url: ClassVar[str] = "https://aichatonlineorg.erweima.ai"
+    api_endpoint: ClassVar[str] = "/aichatonline/api/chat/gpt"
+    token_endpoint: ClassVar[str] = "/api/v1/user/getUniqueId"
+    # The public service is gone; the built-in emulator speaks its protocol.
+    working: ClassVar[bool] = False
+    default_model: ClassVar[str] = "gpt-4o-mini"
+    models: ClassVar[Sequence[str]] = ("gpt-4o-mini",)
+    model_aliases: ClassVar[Mapping[str, str]] = {"4o-mini": "gpt-4o-mini"}
+
+    def __init__(
+        self,
+        *,
+        base_url: str | None = None,
+        token_max_uses: int | None = None,
+        token_max_age: float | None = None,
+        token_pool: int = 1,
+        token_retries: int = 2,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(base_url=base_url or os.environ.get(BASE_URL_ENV), **kwargs)
+        self.tokens = TokenManager(
+            self._fetch_token, max_uses=token_max_uses, max_age=token_max_age,
+            pool_size=token_pool,
+        )
+        self.token_retries = token_retries
+        self.headers = {
+            "User-Agent": (
+                "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:109.0) Gecko/20100101 Firefox/119.0"
+            ),
+            "Accept-Language": "de,en-US;q=0.7,en;q=0.3",
+            "Referer": f"{self.base_url}/chatgpt/chat/",
+            "Content-Type": "application/json",
+            "Origin": self.base_url,
+            "Alt-Used": "aichatonline.org",
+            "Sec-Fetch-Dest": "empty",
+            "Sec-Fetch-Mode": "cors",
+            "Sec-Fetch-Site": "same-origin",
+        }
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Token requests made and token rejections seen by this instance."""
+        return {"token_requests": self.tokens.fetches, "token_rejections": self.tokens.rejections}
+
+    def render(self, request: ChatRequest) -> str:
+        """The one prompt string AiChatOnline receives for ``request``."""
+        return format_prompt(request.message_dicts)
+
+    async def grab_token(self, session: aiohttp.ClientSession, proxy: str | None) -> str:
+        """Ask ``getUniqueId`` for a new token.
+
+        Raises:
+            TransientError: the request failed or the reply carried no token.
+            RateLimited: the token endpoint answered 429.
+        """
+        url = f"{self.base_url}{self.token_endpoint}"
+        try:
+            async with session.get(
+                url, params={"canvas": f"-{get_random_string()}"}, headers=self.headers,
+                proxy=proxy,
+            ) as response:
+                if response.status >= 400:
+                    raise await response_error(response, "token request (getUniqueId)")
+                payload = await response.json()
+        except aiohttp.ContentTypeError as exc:
+            raise TransientError("token request (getUniqueId) did not answer JSON") from exc
+        except (aiohttp.ClientError, json.JSONDecodeError) as exc:
+            raise TransientError(f"token request (getUniqueId) failed: {exc}") from exc
+        token = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(token, str) or not token:
+            raise TransientError("token request (getUniqueId) answered without a token")
+        return token
+
+    async def _fetch_token(self) -> str:
+        return await self.grab_token(self.session, self.proxy)
+
+    async def create_async_generator(
+        self,
+        model: str,
+        messages: Sequence[Mapping[str, Any]],
+        proxy: str | None = None,
+        **kwargs: Any,
+    ) -> AsyncGenerator[str, None]:
+        """Yield the answer's text chunks, replacing the token if the server rejects it.
+
+        Args:
+            model: a model name (the service ignores it, but unknown names are refused).
+            messages: the conversation, flattened by :func:`format_prompt`.
+            proxy: overrides the instance's proxy for this call.
+            **kwargs: ``info``, a :class:`StreamInfo` to fill.
+
+        Raises:
+            ProviderError: a subclass saying whether retrying can help.
+        """
+        self.get_model(model)
+        info: StreamInfo = kwargs.get("info") or StreamInfo()
+        prompt = format_prompt(messages)
+        for attempt in range(self.token_retries + 1):
+            token = await self.tokens.get()
+            try:
+                async for chunk in self._get_response(prompt, token, proxy or self.proxy, info):
+                    yield chunk
+                return
+            except TokenRejected:
+                self.tokens.reject(token)
+                if attempt == self.token_retries:
+                    raise
+                log.debug("token rejected; fetching a new one")
+
+    async def _get_response(
+        self, prompt: str, token: Token, proxy: str | None, info: StreamInfo
+    ) -> AsyncGenerator[str, None]:
+        """Send one chat request and yield its decoded deltas: the only place that does."""
+        body = {"conversationId": get_random_string(), "prompt": prompt}
+        headers = {**self.headers, "UniqueId": token.value}
+        try:
+            async with self.session.post(
+                f"{self.base_url}{self.api_endpoint}", json=body, headers=headers, proxy=proxy
+            ) as response:
+                info.http_status = response.status
+                if response.status >= 400:
+                    raise await response_error(response, "chat request")
+                async for line in response.content:
+                    message = _decode_line(line)
+                    if message is _GARBAGE:
+                        info.garbage_lines += 1
+                    elif message:
+                        yield message  # type: ignore[misc]
+        except aiohttp.ClientPayloadError as exc:
+            raise TransientError("stream cut before it ended", http_status=info.http_status) from exc
+        except aiohttp.ClientError as exc:
+            raise TransientError(
+                f"connection failed: {type(exc).__name__}: {exc}", http_status=info.http_status
+            ) from exc
+
+
+_GARBAGE = object()
+
+
+def _decode_line(line: bytes) -> object:
+    """Return a line's ``data.message`` (``None`` for blanks and nulls) or ``_GARBAGE``."""
+    if not line.strip():
+        return None
+    try:
+        message = json.loads(line)["data"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return _GARBAGE
+    if message is None or isinstance(message, str):
+        return message
+    return _GARBAGE

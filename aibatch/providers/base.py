@@ -1,0 +1,232 @@
+"""The provider seam: ``AsyncGeneratorProvider`` and ``ProviderModelMixin``.
+
+A provider is an async resource (``async with Provider(...) as p:``) that owns one HTTP
+session for a whole batch. It implements one method, :meth:`create_async_generator`,
+which yields the answer's text chunks; :meth:`complete` (what the engine calls) wraps it
+with the per-attempt deadline, the time to first chunk and the empty-answer check.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, ClassVar, Self
+
+import aiohttp
+import anyio
+
+from ..errors import (
+    PermanentError,
+    ProviderError,
+    RateLimited,
+    TokenRejected,
+    TransientError,
+    UnknownModelError,
+)
+from ..types import ChatRequest, Completion
+
+__all__ = [
+    "AsyncGeneratorProvider",
+    "ProviderModelMixin",
+    "StreamInfo",
+    "parse_retry_after",
+    "response_error",
+    "status_error",
+]
+
+DEFAULT_TIMEOUT = 120.0
+
+
+@dataclass(slots=True)
+class StreamInfo:
+    """What a provider learned about one response besides its text."""
+
+    http_status: int | None = None
+    garbage_lines: int = 0
+
+
+class ProviderModelMixin:
+    """Model names a provider serves, with aliases."""
+
+    default_model: ClassVar[str] = ""
+    models: ClassVar[Sequence[str]] = ()
+    model_aliases: ClassVar[Mapping[str, str]] = {}
+
+    @classmethod
+    def get_model(cls, model: str | None = None) -> str:
+        """Resolve ``model`` (or the default when empty) through the aliases.
+
+        Raises:
+            UnknownModelError: the provider lists its models and ``model`` is not one.
+        """
+        if not model:
+            return cls.default_model
+        model = cls.model_aliases.get(model, model)
+        if cls.models and model not in cls.models:
+            raise UnknownModelError(model, [*cls.models, *cls.model_aliases])
+        return model
+
+
+class AsyncGeneratorProvider:
+    """Base class of providers: an async resource owning one ``aiohttp.ClientSession``.
+
+    Args:
+        base_url: API base address; each provider has a default.
+        proxy: proxy URL passed to aiohttp for every request.
+        session: an open session to use instead of creating one (the caller closes it).
+        concurrency: requests the caller will have in flight; sizes the connection pool.
+        timeout: seconds one attempt may take, from sending to the last chunk.
+    """
+
+    name: ClassVar[str] = ""
+    url: ClassVar[str] = ""
+    working: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        *,
+        base_url: str | None = None,
+        proxy: str | None = None,
+        session: aiohttp.ClientSession | None = None,
+        concurrency: int = 16,
+        timeout: float | None = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.base_url = (base_url or self.url).rstrip("/")
+        self.proxy = proxy
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self._session = session
+        self._owns_session = session is None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r})"
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The open HTTP session."""
+        if self._session is None:
+            raise RuntimeError(f"use 'async with {type(self).__name__}(...)' before sending")
+        return self._session
+
+    async def __aenter__(self) -> Self:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=max(self.concurrency, 1), limit_per_host=0, ttl_dns_cache=300
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=None)
+            )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters of this provider instance (token requests and the like)."""
+        return {}
+
+    def render(self, request: ChatRequest) -> str:
+        """Return the text this provider sends for ``request`` (kept for auditing)."""
+        raise NotImplementedError
+
+    def create_async_generator(
+        self,
+        model: str,
+        messages: Sequence[Mapping[str, Any]],
+        proxy: str | None = None,
+        **kwargs: Any,
+    ) -> AsyncGenerator[str, None]:
+        """Yield the answer to ``messages`` as text chunks: the one method to implement.
+
+        Raises:
+            ProviderError: a subclass saying whether retrying can help.
+        """
+        raise NotImplementedError
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        """Send ``request`` once and return the whole answer.
+
+        Raises:
+            TransientError: timeout, or an empty answer.
+            ProviderError: whatever :meth:`create_async_generator` raised.
+        """
+        info = StreamInfo()
+        chunks: list[str] = []
+        ttfb: float | None = None
+        start = time.perf_counter()
+        try:
+            with anyio.fail_after(self.timeout):
+                stream = self.create_async_generator(
+                    request.model, request.message_dicts, info=info, **dict(request.options)
+                )
+                async with aclosing(stream):
+                    async for chunk in stream:
+                        if ttfb is None:
+                            ttfb = (time.perf_counter() - start) * 1000.0
+                        chunks.append(chunk)
+        except TimeoutError as exc:
+            raise TransientError(
+                f"no complete answer within {self.timeout:g} s (--timeout)",
+                http_status=info.http_status,
+            ) from exc
+        text = "".join(chunks)
+        if not text:
+            detail = f" ({info.garbage_lines} undecodable lines)" if info.garbage_lines else ""
+            raise TransientError(f"empty answer{detail}", http_status=info.http_status)
+        return Completion(
+            text=text, ttfb_ms=ttfb, http_status=info.http_status,
+            garbage_lines=info.garbage_lines,
+        )
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Read a ``Retry-After`` header: seconds, or an HTTP date; ``None`` if absent or bad."""
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+def status_error(
+    status: int, detail: str, *, retry_after: float | None = None
+) -> ProviderError:
+    """Translate an HTTP error status into the exception that says whether to retry."""
+    message = f"HTTP {status}: {detail}" if detail else f"HTTP {status}"
+    if status == 429:
+        return RateLimited(message, retry_after=retry_after, http_status=status)
+    if status in (401, 403):
+        return TokenRejected(message, http_status=status)
+    if status >= 500 or status == 408:
+        return TransientError(message, http_status=status)
+    return PermanentError(message, http_status=status)
+
+
+async def response_error(response: aiohttp.ClientResponse, what: str) -> ProviderError:
+    """Build the error for a failed ``response``, quoting the start of its body."""
+    try:
+        body = (await response.text(errors="replace")).strip()
+    except (aiohttp.ClientError, TimeoutError):
+        body = ""
+    detail = f"{what} failed" + (f": {body[:200]}" if body else "")
+    return status_error(
+        response.status, detail, retry_after=parse_retry_after(response.headers.get("Retry-After"))
+    )

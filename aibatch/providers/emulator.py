@@ -1,0 +1,316 @@
+"""Emulator: a local aiohttp.web server that speaks the AiChatOnline wire protocol.
+
+It is the reference peer of the provider (the public service is gone): gpt4free's own
+client, pointed at it, works unchanged. Answers are deterministic functions of the
+prompt (:func:`answer_for`), streamed as JSON lines in several chunks. Knobs set the
+latency to the first chunk, the delay between chunks and the number of chunks; the
+:class:`Faults` knobs inject errors with seeded randomness. ``GET /stats`` returns
+counters.
+
+Use it in-process::
+
+    async with Emulator(latency=0.05) as base_url:
+        ...
+
+or from the shell: ``aibatch emulate --port 0``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import secrets
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from types import TracebackType
+from typing import Any
+
+import anyio
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Emulator", "Faults", "answer_for"]
+
+TOKEN_PATH = "/api/v1/user/getUniqueId"
+CHAT_PATH = "/aichatonline/api/chat/gpt"
+
+
+def answer_for(prompt: str) -> str:
+    """The emulator's answer to ``prompt``: a digest of it and its first words."""
+    digest = hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    preview = " ".join(prompt.split())[:48]
+    return f"[{digest}] You said {len(prompt)} characters: {preview}"
+
+
+def split_chunks(text: str, chunks: int) -> list[str]:
+    """Split ``text`` into at most ``chunks`` consecutive non-empty pieces."""
+    n = max(1, min(chunks, len(text)))
+    step, extra = divmod(len(text), n)
+    pieces, start = [], 0
+    for i in range(n):
+        end = start + step + (1 if i < extra else 0)
+        pieces.append(text[start:end])
+        start = end
+    return pieces
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Faults:
+    """Faults the emulator injects, each drawn per chat request with seeded randomness.
+
+    Attributes:
+        error_rate: share of chat requests answered HTTP 500.
+        rate_limit_rate: share answered 429 with ``Retry-After: retry_after``.
+        retry_after: seconds sent in ``Retry-After``.
+        cut_rate: share of streams cut mid-way (connection closed before the end).
+        garbage_rate: share of streams with garbage and blank lines mixed in.
+        stall_rate: share of requests whose first byte waits ``stall_seconds``.
+        stall_seconds: how long a stalled request waits.
+        token_max_uses: a token expires after this many chat requests (then 401).
+        token_max_age: a token expires after this many seconds (then 401).
+        token_concurrency: chat requests one token may have in flight (above: 429).
+        max_inflight: chat requests the server takes at once (above: 429).
+        seed: seed of the fault draws.
+    """
+
+    error_rate: float = 0.0
+    rate_limit_rate: float = 0.0
+    retry_after: float = 1.0
+    cut_rate: float = 0.0
+    garbage_rate: float = 0.0
+    stall_rate: float = 0.0
+    stall_seconds: float = 30.0
+    token_max_uses: int | None = None
+    token_max_age: float | None = None
+    token_concurrency: int | None = None
+    max_inflight: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        rates = (self.error_rate, self.rate_limit_rate, self.cut_rate, self.garbage_rate,
+                 self.stall_rate)
+        if any(not 0.0 <= r <= 1.0 for r in rates) or sum(rates) > 1.0:
+            raise ValueError("fault rates must each lie in [0, 1] and add up to at most 1")
+
+
+@dataclass(slots=True)
+class _TokenState:
+    born: float
+    uses: int = 0
+    inflight: int = 0
+
+
+@dataclass(slots=True)
+class EmulatorStats:
+    """Counters the emulator keeps; ``GET /stats`` returns them as JSON."""
+
+    token_requests: int = 0
+    chat_requests: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    inflight: int = 0
+    max_inflight: int = 0
+    prompts: Counter[str] = field(default_factory=Counter)
+
+    def to_dict(self, *, prompts: bool = False) -> dict[str, Any]:
+        """The counters as plain JSON-ready values."""
+        data = asdict(self)
+        data["outcomes"] = dict(self.outcomes)
+        data["prompts"] = dict(self.prompts) if prompts else {}
+        return data
+
+
+class Emulator:
+    """A local AiChatOnline server.
+
+    Args:
+        host: address to bind; loopback by default.
+        port: port to bind; 0 lets the OS choose.
+        latency: seconds before the first chunk.
+        chunk_delay: seconds between chunks.
+        chunks: chunks per answer.
+        faults: what to inject.
+        record_prompts: count chat requests per prompt in ``stats.prompts``.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        latency: float = 0.0,
+        chunk_delay: float = 0.0,
+        chunks: int = 4,
+        faults: Faults | None = None,
+        record_prompts: bool = False,
+    ) -> None:
+        if latency < 0 or chunk_delay < 0 or chunks < 1:
+            raise ValueError("latency and chunk_delay must be >= 0 and chunks >= 1")
+        self.host = host
+        self.port = port
+        self.latency = latency
+        self.chunk_delay = chunk_delay
+        self.chunks = chunks
+        self.faults = faults or Faults()
+        self.record_prompts = record_prompts
+        self.stats = EmulatorStats()
+        self._rng = random.Random(self.faults.seed)
+        self._tokens: dict[str, _TokenState] = {}
+        self._runner: web.AppRunner | None = None
+        self.base_url = ""
+
+    def __repr__(self) -> str:
+        return f"Emulator(base_url={self.base_url!r})"
+
+    def make_app(self) -> web.Application:
+        """The aiohttp application, for running under another server."""
+        app = web.Application()
+        app.router.add_get(TOKEN_PATH, self._token)
+        app.router.add_post(CHAT_PATH, self._chat)
+        app.router.add_get("/stats", self._stats)
+        return app
+
+    async def start(self) -> str:
+        """Start serving; return the base URL (``http://host:port``)."""
+        self._runner = web.AppRunner(
+            self.make_app(), handler_cancellation=True, access_log=None, shutdown_timeout=1.0
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.port = port
+        self.base_url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+        log.info("emulator serving at %s", self.base_url)
+        return self.base_url
+
+    async def stop(self) -> None:
+        """Stop serving and close open connections."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> str:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def issued_tokens(self) -> list[str]:
+        """Tokens handed out and not yet expired (for tests that search for leaks)."""
+        return list(self._tokens)
+
+    # handlers
+
+    async def _token(self, request: web.Request) -> web.Response:
+        self.stats.token_requests += 1
+        token = secrets.token_hex(16)
+        self._tokens[token] = _TokenState(born=time.monotonic())
+        return web.json_response({"code": 200, "data": token, "message": "success"})
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats.to_dict(prompts="prompts" in request.query))
+
+    def _refuse(self, outcome: str, status: int, message: str, **headers: str) -> web.Response:
+        self.stats.outcomes[outcome] += 1
+        return web.json_response({"code": status, "message": message}, status=status,
+                                 headers=headers)
+
+    def _rate_limited(self, message: str) -> web.Response:
+        return self._refuse("rate_limited", 429, message,
+                            **{"Retry-After": f"{self.faults.retry_after:g}"})
+
+    def _check_token(self, token: str | None) -> web.Response | _TokenState:
+        state = self._tokens.get(token) if token else None
+        if state is None:
+            return self._refuse("unauthorized", 401, "missing or unknown UniqueId")
+        faults = self.faults
+        expired = (faults.token_max_uses is not None and state.uses >= faults.token_max_uses) or (
+            faults.token_max_age is not None
+            and time.monotonic() - state.born >= faults.token_max_age
+        )
+        if expired:
+            del self._tokens[token]  # type: ignore[arg-type]
+            return self._refuse("unauthorized", 401, "UniqueId expired")
+        return state
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        self.stats.chat_requests += 1
+        state = self._check_token(request.headers.get("UniqueId"))
+        if isinstance(state, web.Response):
+            return state
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        prompt = body.get("prompt") if isinstance(body, dict) else None
+        if not isinstance(prompt, str):
+            return self._refuse("bad_request", 400, "body needs a string 'prompt'")
+        state.uses += 1
+        if self.record_prompts:
+            self.stats.prompts[prompt] += 1
+        faults = self.faults
+        if faults.max_inflight is not None and self.stats.inflight >= faults.max_inflight:
+            return self._rate_limited("too many requests in flight")
+        if faults.token_concurrency is not None and state.inflight >= faults.token_concurrency:
+            return self._rate_limited("too many requests in flight for this UniqueId")
+        self.stats.inflight += 1
+        state.inflight += 1
+        self.stats.max_inflight = max(self.stats.max_inflight, self.stats.inflight)
+        try:
+            return await self._answer(request, prompt)
+        finally:
+            self.stats.inflight -= 1
+            state.inflight -= 1
+
+    async def _answer(self, request: web.Request, prompt: str) -> web.StreamResponse:
+        faults = self.faults
+        draw = self._rng.random()
+        fault = "ok"
+        for name, rate in (("server_error", faults.error_rate),
+                           ("rate_limited", faults.rate_limit_rate), ("cut", faults.cut_rate),
+                           ("garbage", faults.garbage_rate), ("stalled", faults.stall_rate)):
+            if draw < rate:
+                fault = name
+                break
+            draw -= rate
+        if fault == "server_error":
+            return self._refuse("server_error", 500, "internal error (injected)")
+        if fault == "rate_limited":
+            return self._rate_limited("rate limited (injected)")
+        delay = self.latency + (faults.stall_seconds if fault == "stalled" else 0.0)
+        if delay:
+            await anyio.sleep(delay)
+        pieces = [
+            json.dumps({"data": {"message": piece}}).encode() + b"\n"
+            for piece in split_chunks(answer_for(prompt), self.chunks)
+        ]
+        if fault == "garbage":
+            noise = [b"\n", b"not json at all\n", b'{"data": 7}\n', b'{"data": {"message": null}}\n']
+            pieces = [line for piece in pieces for line in (noise[self._rng.randrange(4)], piece)]
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        if fault == "cut":
+            await response.write(pieces[0][: max(1, len(pieces[0]) // 2)])
+            assert request.transport is not None
+            request.transport.close()
+            self.stats.outcomes["cut"] += 1
+            return response
+        if self.chunk_delay:
+            for i, piece in enumerate(pieces):
+                if i:
+                    await anyio.sleep(self.chunk_delay)
+                await response.write(piece)
+        else:
+            await response.write(b"".join(pieces))
+        await response.write_eof()
+        self.stats.outcomes["garbage" if fault == "garbage" else fault] += 1
+        return response
