@@ -65,7 +65,9 @@ class AiChatOnline(AsyncGeneratorProvider, ProviderModelMixin):
     ) -> None:
         super().__init__(base_url=base_url or os.environ.get(BASE_URL_ENV), **kwargs)
         self.tokens = TokenManager(
-            self._fetch_token, max_uses=token_max_uses, max_age=token_max_age,
+            self._fetch_token,
+            max_uses=token_max_uses,
+            max_age=token_max_age,
             pool_size=token_pool,
         )
         self.token_retries = token_retries
@@ -102,7 +104,9 @@ class AiChatOnline(AsyncGeneratorProvider, ProviderModelMixin):
         url = f"{self.base_url}{self.token_endpoint}"
         try:
             async with session.get(
-                url, params={"canvas": f"-{get_random_string()}"}, headers=self.headers,
+                url,
+                params={"canvas": f"-{get_random_string()}"},
+                headers=self.headers,
                 proxy=proxy,
             ) as response:
                 if response.status >= 400:
@@ -173,7 +177,9 @@ class AiChatOnline(AsyncGeneratorProvider, ProviderModelMixin):
                     elif message:
                         yield message  # type: ignore[misc]
         except aiohttp.ClientPayloadError as exc:
-            raise TransientError("stream cut before it ended", http_status=info.http_status) from exc
+            raise TransientError(
+                "stream cut before it ended", http_status=info.http_status
+            ) from exc
         except aiohttp.ClientError as exc:
             raise TransientError(
                 f"connection failed: {type(exc).__name__}: {exc}", http_status=info.http_status

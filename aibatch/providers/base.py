@@ -168,8 +168,9 @@ class AsyncGeneratorProvider:
         start = time.perf_counter()
         try:
             with anyio.fail_after(self.timeout):
+                options: dict[str, Any] = dict(request.options)
                 stream = self.create_async_generator(
-                    request.model, request.message_dicts, info=info, **dict(request.options)
+                    request.model, request.message_dicts, info=info, **options
                 )
                 async with aclosing(stream):
                     async for chunk in stream:
@@ -186,7 +187,9 @@ class AsyncGeneratorProvider:
             detail = f" ({info.garbage_lines} undecodable lines)" if info.garbage_lines else ""
             raise TransientError(f"empty answer{detail}", http_status=info.http_status)
         return Completion(
-            text=text, ttfb_ms=ttfb, http_status=info.http_status,
+            text=text,
+            ttfb_ms=ttfb,
+            http_status=info.http_status,
             garbage_lines=info.garbage_lines,
         )
 
@@ -206,9 +209,7 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(when.timestamp() - time.time(), 0.0)
 
 
-def status_error(
-    status: int, detail: str, *, retry_after: float | None = None
-) -> ProviderError:
+def status_error(status: int, detail: str, *, retry_after: float | None = None) -> ProviderError:
     """Translate an HTTP error status into the exception that says whether to retry."""
     message = f"HTTP {status}: {detail}" if detail else f"HTTP {status}"
     if status == 429:

@@ -91,8 +91,13 @@ class Faults:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        rates = (self.error_rate, self.rate_limit_rate, self.cut_rate, self.garbage_rate,
-                 self.stall_rate)
+        rates = (
+            self.error_rate,
+            self.rate_limit_rate,
+            self.cut_rate,
+            self.garbage_rate,
+            self.stall_rate,
+        )
         if any(not 0.0 <= r <= 1.0 for r in rates) or sum(rates) > 1.0:
             raise ValueError("fault rates must each lie in [0, 1] and add up to at most 1")
 
@@ -221,12 +226,14 @@ class Emulator:
 
     def _refuse(self, outcome: str, status: int, message: str, **headers: str) -> web.Response:
         self.stats.outcomes[outcome] += 1
-        return web.json_response({"code": status, "message": message}, status=status,
-                                 headers=headers)
+        return web.json_response(
+            {"code": status, "message": message}, status=status, headers=headers
+        )
 
     def _rate_limited(self, message: str) -> web.Response:
-        return self._refuse("rate_limited", 429, message,
-                            **{"Retry-After": f"{self.faults.retry_after:g}"})
+        return self._refuse(
+            "rate_limited", 429, message, **{"Retry-After": f"{self.faults.retry_after:g}"}
+        )
 
     def _check_token(self, token: str | None) -> web.Response | _TokenState:
         state = self._tokens.get(token) if token else None
@@ -275,9 +282,13 @@ class Emulator:
         faults = self.faults
         draw = self._rng.random()
         fault = "ok"
-        for name, rate in (("server_error", faults.error_rate),
-                           ("rate_limited", faults.rate_limit_rate), ("cut", faults.cut_rate),
-                           ("garbage", faults.garbage_rate), ("stalled", faults.stall_rate)):
+        for name, rate in (
+            ("server_error", faults.error_rate),
+            ("rate_limited", faults.rate_limit_rate),
+            ("cut", faults.cut_rate),
+            ("garbage", faults.garbage_rate),
+            ("stalled", faults.stall_rate),
+        ):
             if draw < rate:
                 fault = name
                 break
@@ -294,7 +305,12 @@ class Emulator:
             for piece in split_chunks(answer_for(prompt), self.chunks)
         ]
         if fault == "garbage":
-            noise = [b"\n", b"not json at all\n", b'{"data": 7}\n', b'{"data": {"message": null}}\n']
+            noise = [
+                b"\n",
+                b"not json at all\n",
+                b'{"data": 7}\n',
+                b'{"data": {"message": null}}\n',
+            ]
             pieces = [line for piece in pieces for line in (noise[self._rng.randrange(4)], piece)]
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)

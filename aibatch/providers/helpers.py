@@ -42,17 +42,17 @@ def format_prompt(
     do_continue: bool = False,
     include_system: bool = True,
 ) -> str:
-    """Flatten a conversation into the one prompt string AiChatOnline takes.
+    r"""Flatten a conversation into the one prompt string AiChatOnline takes.
 
     Args:
         messages: ``{"role", "content"}`` mappings.
         add_special_tokens: always use the role-prefixed form, even for one message.
-        do_continue: leave off the trailing ``"\\nAssistant:"``.
+        do_continue: leave off the trailing ``"\nAssistant:"``.
         include_system: keep system and developer messages.
 
     Returns:
         A single message's content unchanged, or ``"Role: content"`` lines joined with
-        newlines (blank contents skipped) followed by ``"\\nAssistant:"``.
+        newlines (blank contents skipped) followed by ``"\nAssistant:"``.
     """
     if not add_special_tokens and len(messages) <= 1:
         return to_text(messages[0].get("content")) if messages else ""

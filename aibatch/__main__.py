@@ -1,0 +1,5 @@
+"""``python -m aibatch``."""
+
+from aibatch.cli import main
+
+main()

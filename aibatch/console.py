@@ -1,0 +1,110 @@
+"""What a person sees: progress, and the summary at the end.
+
+On a terminal the progress is a redrawn bar; otherwise (cron, pipelines) a log line
+every few seconds.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+import click
+
+from .runner.engine import Progress
+from .runner.summary import Summary
+
+__all__ = ["ProgressReporter", "summary_text"]
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "--:--"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class ProgressReporter:
+    """Turns progress updates into a redrawn bar (terminal) or periodic log lines.
+
+    Args:
+        stream: where to write, standard error by default.
+        bar: draw a bar; ``None`` decides by whether ``stream`` is a terminal.
+        every: seconds between log lines when there is no bar.
+    """
+
+    def __init__(
+        self, stream: TextIO | None = None, *, bar: bool | None = None, every: float = 5.0
+    ) -> None:
+        self.stream = stream or sys.stderr
+        self.bar = self.stream.isatty() if bar is None else bar
+        self.every = every if not self.bar else 0.1
+        self._last = 0.0
+        self._drawn = False
+
+    def line(self, p: Progress) -> str:
+        """One status line for ``p``."""
+        done = p.done
+        total = p.to_send
+        head = f"{done}/{total} sent"
+        if self.bar:
+            width = 24
+            filled = width if total == 0 else int(width * done / total)
+            head = f"[{'#' * filled}{'.' * (width - filled)}] {head}"
+        parts = [head, f"ok {p.ok}", f"failed {p.failed}"]
+        if p.reused:
+            parts.append(f"reused {p.reused}")
+        parts += [f"{p.rate:.1f} rows/s", f"c={p.concurrency}", f"ETA {_duration(p.eta)}"]
+        return " | ".join(parts)
+
+    def __call__(self, progress: Progress) -> None:
+        """Show ``progress`` if enough time has passed since the last line."""
+        now = time.monotonic()
+        finished = progress.done >= progress.to_send
+        if now - self._last < self.every and not finished:
+            return
+        self._last = now
+        if self.bar:
+            self.stream.write("\r\x1b[2K" + self.line(progress))
+            self._drawn = True
+        else:
+            self.stream.write("aibatch: " + self.line(progress) + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        """End the bar's line."""
+        if self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._drawn = False
+
+
+def summary_text(summary: Summary) -> str:
+    """The end-of-run summary as a few readable lines."""
+    s = summary
+    lat = (
+        f"latency p50 {s.latency_p50_ms:.0f} ms, p95 {s.latency_p95_ms:.0f} ms"
+        if s.latency_p50_ms is not None and s.latency_p95_ms is not None
+        else "no requests sent"
+    )
+    lines = []
+    if s.interrupted:
+        lines.append(
+            click.style("Interrupted.", fg="yellow") + " Finished rows are saved in"
+            " the checkpoint; run the same command again to resume."
+        )
+    else:
+        status = click.style(f"{s.ok} ok", fg="green")
+        failed = click.style(f"{s.error} failed", fg="red" if s.error else None)
+        lines.append(f"{s.rows} rows: {status}, {failed}, {s.skipped} skipped -> {s.output}")
+    lines.append(
+        f"sent {s.sent} rows in {s.requests} requests, reused {s.reused}, duplicates {s.deduped},"
+        f" token requests {s.token_requests}"
+    )
+    lines.append(f"{s.wall_s:.1f} s, {s.rows_per_s:.1f} rows/s, {lat}")
+    if s.errors_by_type:
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(s.errors_by_type.items()))
+        lines.append(f"errors: {kinds}")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Job configuration and the checkpoint that makes a job resumable."""

@@ -1,0 +1,192 @@
+"""JobSpec, RetryPolicy: a job's options as frozen values that check their bounds.
+
+Precedence when options come from several places: command line > job file (TOML,
+read by :func:`load_job`) > environment > default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+
+__all__ = ["INPUT_FORMATS", "JobSpec", "RetryPolicy", "load_job", "parse_max_failures"]
+
+INPUT_FORMATS = ("csv", "tsv", "jsonl", "parquet")
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise UsageError(message)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """How a failed request is retried (names as in ``stamina``).
+
+    Attributes:
+        attempts: tries per row in all, the first included.
+        wait_initial: seconds before the first retry.
+        wait_max: the longest wait between tries.
+        wait_jitter: up to this many random seconds added to each wait.
+        wait_exp_base: each wait is this many times the one before.
+    """
+
+    attempts: int = 5
+    wait_initial: float = 0.5
+    wait_max: float = 30.0
+    wait_jitter: float = 0.5
+    wait_exp_base: float = 2.0
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.attempts <= 100, "max attempts must be between 1 and 100")
+        _check(self.wait_initial >= 0 and self.wait_jitter >= 0, "waits must be >= 0")
+        _check(self.wait_max >= self.wait_initial, "wait_max must be >= wait_initial")
+        _check(self.wait_exp_base >= 1, "wait_exp_base must be >= 1")
+
+    def backoff(self, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (1-based), without jitter."""
+        return min(self.wait_max, self.wait_initial * self.wait_exp_base ** (retry - 1))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobSpec:
+    """Everything a run needs to know; see ``aibatch run --help`` for each option."""
+
+    input: str
+    output: str | None = None
+    input_format: str | None = None
+    encoding: str = "utf-8"
+    prompt_column: str = "prompt"
+    template: str | None = None
+    system: str | None = None
+    messages_column: str | None = None
+    id_column: str | None = None
+    provider: str = "aichatonline"
+    model: str | None = None
+    base_url: str | None = None
+    proxy: str | None = field(default=None, repr=False)
+    concurrency: int = 16
+    rps: float | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    timeout: float = 120.0
+    limit: int | None = None
+    emulate: bool = False
+    dedupe: bool = True
+    retry_failed: bool = True
+    restart: bool = False
+    max_failures: int | None = None
+    max_failure_percent: float | None = None
+    batch_rows: int = 10_000
+    grace: float = 5.0
+
+    def __post_init__(self) -> None:
+        _check(bool(self.input), "an input file is needed")
+        _check(
+            self.input_format is None or self.input_format in INPUT_FORMATS,
+            f"unknown input format {self.input_format!r}; known: {', '.join(INPUT_FORMATS)}",
+        )
+        _check(1 <= self.concurrency <= 100_000, "concurrency must be between 1 and 100000")
+        _check(self.rps is None or self.rps > 0, "rps must be positive")
+        _check(self.timeout > 0, "timeout must be positive")
+        _check(self.limit is None or self.limit >= 0, "limit must be >= 0")
+        _check(self.max_failures is None or self.max_failures >= 0, "max failures must be >= 0")
+        _check(
+            self.max_failure_percent is None or 0 <= self.max_failure_percent <= 100,
+            "max failures in percent must be between 0 and 100",
+        )
+        _check(1 <= self.batch_rows <= 1_000_000, "batch_rows must be between 1 and 1000000")
+        _check(self.grace >= 0, "grace must be >= 0")
+        _check(
+            self.template is None or self.messages_column is None,
+            "use --template or --messages-column, not both",
+        )
+
+    def replace(self, **changes: Any) -> JobSpec:
+        """A copy with ``changes`` applied (and checked)."""
+        return dataclasses.replace(self, **changes)
+
+    def output_path(self) -> Path:
+        """Where the Parquet output goes: ``--output``, or beside the input."""
+        if self.output:
+            return Path(self.output)
+        if self.input == "-":
+            return Path("stdin.responses.parquet")
+        source = Path(self.input)
+        return source.with_name(f"{source.stem}.responses.parquet")
+
+    def public_options(self) -> dict[str, Any]:
+        """The options worth recording in output metadata: no proxy credentials."""
+        data = dataclasses.asdict(self)
+        data["proxy"] = "set" if self.proxy else None
+        return data
+
+    def tolerates(self, failed: int, rows: int) -> bool:
+        """Whether ``failed`` error rows out of ``rows`` are within ``--max-failures``."""
+        if failed == 0:
+            return True
+        if self.max_failures is not None and failed <= self.max_failures:
+            return True
+        return (
+            self.max_failure_percent is not None
+            and rows > 0
+            and failed * 100.0 / rows <= self.max_failure_percent
+        )
+
+
+def parse_max_failures(value: str) -> dict[str, Any]:
+    """Read ``--max-failures``: ``"N"`` rows or ``"N%"`` of the rows."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(%?)\s*", value)
+    if not match:
+        raise UsageError(f"--max-failures takes N or N%, not {value!r}")
+    number, percent = match.groups()
+    if percent:
+        return {"max_failure_percent": float(number)}
+    if "." in number:
+        raise UsageError(f"--max-failures takes a whole number of rows, not {value!r}")
+    return {"max_failures": int(number)}
+
+
+_PATH_KEYS = ("input", "output")
+_RETRY_KEYS = {f.name for f in dataclasses.fields(RetryPolicy)}
+_JOB_KEYS = {f.name for f in dataclasses.fields(JobSpec)} - {"retry"}
+
+
+def load_job(path: str | Path) -> dict[str, Any]:
+    """Read a TOML job file into JobSpec keyword arguments.
+
+    Relative ``input`` and ``output`` paths are taken relative to the job file, so a
+    cron entry works from any directory. Retry settings go in a ``[retry]`` table.
+
+    Raises:
+        UsageError: unreadable file, bad TOML, or an unknown key (named).
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read job file {path}: {exc.strerror or exc}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"job file {path} is not valid TOML: {exc}") from exc
+    retry = data.pop("retry", {})
+    if "max_failures" in data and isinstance(data["max_failures"], str):
+        data.update(parse_max_failures(data.pop("max_failures")))
+    unknown = sorted(set(data) - _JOB_KEYS)
+    if not isinstance(retry, dict):
+        unknown.append("retry (must be a table)")
+    else:
+        unknown += [f"retry.{key}" for key in sorted(set(retry) - _RETRY_KEYS)]
+    if unknown:
+        raise UsageError(f"job file {path}: unknown key(s): {', '.join(unknown)}")
+    for key in _PATH_KEYS:
+        value = data.get(key)
+        if isinstance(value, str) and value != "-" and not Path(value).is_absolute():
+            data[key] = str(path.parent / value)
+    if retry:
+        data["retry"] = RetryPolicy(**retry)
+    return data

@@ -1,0 +1,1 @@
+"""The runner: inputs, prompts, the engine, retries, output and the library API."""

@@ -1,0 +1,251 @@
+"""The library API: run_file and run_frame (blocking), arun_file and arun_frame (async).
+
+Each opens the provider (and the emulator, with ``emulate=True``), hands the input to
+:func:`run_partition` as one partition, and returns the :class:`Summary` (or the output
+rows as a DataFrame).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from ..errors import AibatchError
+from ..jobs.spec import JobSpec
+from ..providers import Emulator, get_provider
+from .engine import ProgressCallback, run_partition
+from .inputs import InputSource, frame_source, open_input, spool_stdin
+from .output import check_output, output_schema, read_frame
+from .prompts import PromptBuilder
+from .summary import Summary
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "arun_file",
+    "arun_frame",
+    "arun_job",
+    "preview",
+    "run_file",
+    "run_frame",
+    "run_job",
+]
+
+
+@contextlib.contextmanager
+def _plain_errors() -> Iterator[None]:
+    """Re-raise an :class:`AibatchError` that a task group wrapped in an ExceptionGroup."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        error = _first_error(group)
+        if error is None:
+            raise
+        raise error from None
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> AibatchError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, AibatchError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_error(exc)
+            if found is not None:
+                return found
+    return None
+
+
+async def arun_job(
+    spec: JobSpec,
+    *,
+    source: InputSource | None = None,
+    on_progress: ProgressCallback | None = None,
+    stop: anyio.Event | None = None,
+) -> Summary:
+    """Run the job ``spec`` describes; the async core of every entry point.
+
+    Args:
+        spec: the job.
+        source: rows to use instead of opening ``spec.input``.
+        on_progress: called with live counts a few times a second.
+        stop: set it to stop the run gracefully (see :func:`run_partition`).
+
+    Raises:
+        AibatchError: a subclass; nothing is sent when it is a :class:`UsageError`.
+    """
+    with _plain_errors(), tempfile.TemporaryDirectory(prefix="aibatch-") as scratch:
+        if source is None:
+            source = await anyio.to_thread.run_sync(_open_source, spec, Path(scratch))
+        output = spec.output_path()
+        check_output(output, [spec.input])
+        provider_class = get_provider(spec.provider)
+        provider_class.get_model(spec.model)  # type: ignore[attr-defined]
+        async with contextlib.AsyncExitStack() as stack:
+            base_url = spec.base_url
+            if spec.emulate:
+                base_url = await stack.enter_async_context(Emulator())
+            provider = await stack.enter_async_context(
+                provider_class(
+                    base_url=base_url,
+                    proxy=spec.proxy,
+                    concurrency=spec.concurrency,
+                    timeout=spec.timeout,
+                )
+            )
+            service = provider.name + ("+emulator" if spec.emulate else "")
+            return await run_partition(
+                source,
+                spec,
+                provider,
+                output=output,
+                service=service,
+                on_progress=on_progress,
+                stop=stop,
+            )
+
+
+def _open_source(spec: JobSpec, scratch: Path) -> InputSource:
+    path = spec.input
+    fmt = spec.input_format
+    if path == "-":
+        path, fmt = str(spool_stdin(scratch)), fmt or "csv"
+    source = open_input(
+        path,
+        input_format=fmt,
+        encoding=spec.encoding,
+        batch_rows=spec.batch_rows,
+        limit=spec.limit,
+    )
+    if spec.input == "-":
+        source.path = "<stdin>"
+    return source
+
+
+async def _with_signals(
+    spec: JobSpec, on_progress: ProgressCallback | None, on_signal: Callable[[int], None]
+) -> Summary:
+    """Run with SIGINT/SIGTERM handled: the first stops gracefully, a second at once."""
+    stop = anyio.Event()
+    summary: Summary | None = None
+    with _plain_errors():
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for signum in signals:
+                        on_signal(signum)
+                        if stop.is_set():
+                            tg.cancel_scope.cancel()
+                            return
+                        stop.set()
+
+            tg.start_soon(watch)
+            summary = await arun_job(spec, on_progress=on_progress, stop=stop)
+            tg.cancel_scope.cancel()
+    if summary is None:
+        return Summary(input=spec.input, output=str(spec.output_path()), interrupted=True)
+    return summary
+
+
+def run_job(
+    spec: JobSpec,
+    *,
+    on_progress: ProgressCallback | None = None,
+    on_signal: Callable[[int], None] | None = None,
+) -> Summary:
+    """Run ``spec`` to completion in a new event loop (what the CLI calls).
+
+    With ``on_signal``, SIGINT and SIGTERM stop the run gracefully (the first) or at
+    once (the second), and ``on_signal`` is told of each.
+    """
+    if on_signal is None:
+        return anyio.run(lambda: arun_job(spec, on_progress=on_progress), backend="asyncio")
+    return anyio.run(_with_signals, spec, on_progress, on_signal, backend="asyncio")
+
+
+def run_file(input: str | Path, output: str | Path | None = None, **options: Any) -> Summary:
+    """Run every row of ``input`` and write the answers to ``output`` (Parquet).
+
+    Args:
+        input: a .csv, .tsv, .jsonl/.ndjson or .parquet file.
+        output: default ``<input stem>.responses.parquet`` beside the input.
+        **options: any :class:`JobSpec` field, e.g. ``concurrency=64``, ``emulate=True``.
+
+    Returns:
+        What the run did. Re-running the same call resumes where it stopped.
+    """
+    return run_job(_spec(input, output, options))
+
+
+async def arun_file(input: str | Path, output: str | Path | None = None, **options: Any) -> Summary:
+    """The async twin of :func:`run_file`, for code already in an event loop."""
+    return await arun_job(_spec(input, output, options))
+
+
+def _spec(input: str | Path, output: str | Path | None, options: dict[str, Any]) -> JobSpec:
+    return JobSpec(input=str(input), output=None if output is None else str(output), **options)
+
+
+def run_frame(frame: Any, **options: Any) -> Any:
+    """Run every row of a pandas DataFrame; return the output rows as a DataFrame.
+
+    Args:
+        frame: the rows; its ``prompt`` column (or ``prompt_column=``) is sent.
+        **options: any :class:`JobSpec` field; ``output=`` keeps the Parquet file and
+            its checkpoint there, so a repeated call resumes.
+
+    Returns:
+        The input columns followed by the result columns; ``.attrs["aibatch"]`` holds
+        the summary.
+    """
+    return anyio.run(lambda: arun_frame(frame, **options), backend="asyncio")
+
+
+async def arun_frame(frame: Any, **options: Any) -> Any:
+    """The async twin of :func:`run_frame`."""
+    with tempfile.TemporaryDirectory(prefix="aibatch-frame-") as scratch:
+        output = options.pop("output", None) or str(Path(scratch) / "frame.parquet")
+        spec = JobSpec(input="<DataFrame>", output=str(output), **options)
+        source = frame_source(frame, batch_rows=spec.batch_rows, limit=spec.limit)
+        summary = await arun_job(spec, source=source)
+        result = await anyio.to_thread.run_sync(read_frame, output)
+    result.attrs["aibatch"] = summary.to_dict()
+    return result
+
+
+def preview(spec: JobSpec, count: int = 5) -> tuple[int, int, list[tuple[int, str]]]:
+    """Check every row as a run would, send nothing; return the first prompts.
+
+    Returns:
+        ``(rows, skipped, [(row, text sent), ...])`` with up to ``count`` prompts.
+
+    Raises:
+        UsageError: whatever a real run would refuse before sending.
+    """
+    with tempfile.TemporaryDirectory(prefix="aibatch-") as scratch:
+        source = _open_source(spec, Path(scratch))
+        check_output(spec.output_path(), [spec.input])
+        provider = get_provider(spec.provider)(base_url=spec.base_url or "http://127.0.0.1")
+        builder = PromptBuilder(spec, provider.get_model(spec.model), source.path)  # type: ignore[attr-defined]
+        if source.columns:
+            builder.check_columns(source.columns)
+        rows = skipped = 0
+        shown: list[tuple[int, str]] = []
+        for batch in source.batches():
+            builder.ids(batch)
+            for index, request in enumerate(builder.requests(batch)):
+                if request is None:
+                    skipped += 1
+                elif len(shown) < count:
+                    shown.append((batch.start + index, provider.render(request)))
+            rows += batch.data.num_rows
+        builder.check_columns(source.columns)
+        output_schema(source.schema())
+    return rows, skipped, shown

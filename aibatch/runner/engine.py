@@ -1,0 +1,451 @@
+"""run_partition(): the one fan-out of aibatch, for one partition of a job.
+
+A partition is an input source and its own output file and checkpoint. The engine goes
+over it in four steps, reading the input in bounded batches each time:
+
+1. *scan*: build every row's request and keys; any bad row stops the run here, before
+   anything is sent;
+2. *plan*: against the checkpoint, decide per row: reuse, copy an identical request's
+   answer, skip (empty prompt), or send;
+3. *send*: a reader task feeds a bounded stream; worker tasks take rows from it and send
+   them under a ``CapacityLimiter`` (and an optional rate limiter), retrying as the
+   ``RetryPolicy`` says; one writer task owns the checkpoint and stores finished rows
+   every 200 ms;
+4. *write*: join each input batch with its stored results into the Parquet output.
+
+The local runner calls it once; a distributed driver calls it once per partition.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from array import array
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+
+from .. import __version__
+from ..errors import InputError
+from ..jobs.checkpoint import SEND, Checkpoint, Plan, checkpoint_dir, request_hash, row_key
+from ..jobs.spec import JobSpec
+from ..providers.base import AsyncGeneratorProvider
+from ..types import ChatRequest, RowResult, RowStatus
+from .inputs import InputSource
+from .output import OutputWriter, assemble, output_schema
+from .prompts import PromptBuilder
+from .ratelimit import RateLimiter
+from .retry import call_with_retries
+from .summary import Summary, percentile
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Progress", "run_partition"]
+
+FLUSH_SECONDS = 0.2
+FLUSH_ROWS = 4096
+
+
+@dataclass(slots=True)
+class Progress:
+    """Live counts of a running partition, handed to the progress callback."""
+
+    rows: int = 0
+    to_send: int = 0
+    done: int = 0
+    ok: int = 0
+    failed: int = 0
+    reused: int = 0
+    skipped: int = 0
+    deduped: int = 0
+    concurrency: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def rate(self) -> float:
+        """Rows sent per second so far."""
+        elapsed = time.monotonic() - self.started
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds until every row is sent, at the current rate."""
+        rate = self.rate
+        return (self.to_send - self.done) / rate if rate > 0 else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Keys:
+    row_keys: np.ndarray
+    request_hashes: np.ndarray
+    skipped: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    row: int
+    row_key: int
+    request_hash: int
+    request: ChatRequest
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+async def run_partition(
+    source: InputSource,
+    spec: JobSpec,
+    provider: AsyncGeneratorProvider,
+    *,
+    output: Path,
+    service: str,
+    on_progress: ProgressCallback | None = None,
+    stop: anyio.Event | None = None,
+) -> Summary:
+    """Run one partition from input to Parquet output.
+
+    Args:
+        source: the partition's rows.
+        spec: the job.
+        provider: an open provider.
+        output: the partition's output file; its checkpoint sits beside it.
+        service: the identity of the service answering, part of every request's hash.
+        on_progress: called with live counts a few times a second.
+        stop: when set, stop starting requests, let those in flight finish for
+            ``spec.grace`` seconds, store what finished, and return ``interrupted``.
+
+    Raises:
+        InputError: a bad row (before anything is sent).
+        OutputError, CheckpointError: the output or the checkpoint cannot be written.
+    """
+    return await _Partition(source, spec, provider, output, service, on_progress, stop).run()
+
+
+class _Partition:
+    def __init__(
+        self,
+        source: InputSource,
+        spec: JobSpec,
+        provider: AsyncGeneratorProvider,
+        output: Path,
+        service: str,
+        on_progress: ProgressCallback | None,
+        stop: anyio.Event | None,
+    ) -> None:
+        self.source = source
+        self.spec = spec
+        self.provider = provider
+        self.output = output
+        self.service = service
+        self.on_progress = on_progress or (lambda progress: None)
+        self.stop = stop
+        self.model = type(provider).get_model(spec.model)  # type: ignore[attr-defined]
+        self.builder = PromptBuilder(spec, self.model, source.path)
+        self.progress = Progress(concurrency=spec.concurrency)
+        self.limiter = anyio.CapacityLimiter(spec.concurrency)
+        self.rate = RateLimiter(spec.rps) if spec.rps else None
+        self.stopping = False
+        self.requests = 0
+        self.garbage_lines = 0
+        self.latencies: array[float] = array("d")
+        self._reader_scope = anyio.CancelScope()
+        self._senders: anyio.CancelScope | None = None
+        self._pending: list[RowResult] = []
+        self._flush_lock = anyio.Lock()
+
+    async def run(self) -> Summary:
+        began = time.monotonic()
+        if self.source.columns:
+            self.builder.check_columns(self.source.columns)
+        keys = await anyio.to_thread.run_sync(self._scan)
+        self.builder.check_columns(self.source.columns)
+        schema = output_schema(self.source.schema())
+        checkpoint = Checkpoint(checkpoint_dir(self.output), restart=self.spec.restart)
+        await anyio.to_thread.run_sync(checkpoint.__enter__)
+        try:
+            plan = checkpoint.plan(
+                keys.row_keys,
+                keys.request_hashes,
+                keys.skipped,
+                dedupe=self.spec.dedupe,
+                retry_failed=self.spec.retry_failed,
+            )
+            self.keys = keys
+            summary = Summary(
+                input=self.source.path,
+                output=str(self.output),
+                provider=self.provider.name,
+                model=self.model,
+                rows=len(plan.loc),
+                sent=plan.to_send,
+                reused=plan.reused,
+                deduped=plan.deduped,
+            )
+            self.progress = Progress(
+                rows=summary.rows,
+                to_send=plan.to_send,
+                reused=plan.reused,
+                skipped=plan.skipped,
+                deduped=plan.deduped,
+                concurrency=self.spec.concurrency,
+            )
+            log.info(
+                "%d rows: %d to send, %d reused, %d duplicates, %d skipped",
+                summary.rows,
+                plan.to_send,
+                plan.reused,
+                plan.deduped,
+                plan.skipped,
+            )
+            self.on_progress(self.progress)
+            if plan.to_send:
+                await self._send(plan, checkpoint)
+            del self.keys
+            summary.requests = self.requests
+            summary.garbage_lines = self.garbage_lines
+            summary.token_requests = self.provider.stats.get("token_requests", 0)
+            ordered = sorted(self.latencies)
+            summary.latency_p50_ms = percentile(ordered, 50)
+            summary.latency_p95_ms = percentile(ordered, 95)
+            if not plan.complete():
+                summary.interrupted = True
+            else:
+                await anyio.to_thread.run_sync(self._write, plan, checkpoint, schema, summary)
+        finally:
+            checkpoint.close()
+        summary.wall_s = time.monotonic() - began
+        self.on_progress(self.progress)
+        return summary
+
+    # 1. scan
+
+    def _scan(self) -> _Keys:
+        row_keys, hashes, skipped = array("Q"), array("Q"), bytearray()
+        id_hashes = array("Q")
+        service, builder = self.service, self.builder
+        for batch in self.source.batches():
+            ids = builder.ids(batch)
+            for row_id, request in zip(ids, builder.requests(batch), strict=True):
+                if request is None:
+                    row_keys.append(0)
+                    hashes.append(0)
+                    skipped.append(1)
+                else:
+                    h = request_hash(request, service)
+                    row_keys.append(row_key(row_id, h))
+                    hashes.append(h)
+                    skipped.append(0)
+            if self.spec.id_column:
+                id_hashes.extend(row_key(row_id, 0) for row_id in ids)
+        if self.spec.id_column:
+            self._check_unique_ids(np.frombuffer(id_hashes, np.uint64))
+        return _Keys(
+            np.frombuffer(row_keys, np.uint64),
+            np.frombuffer(hashes, np.uint64),
+            np.frombuffer(bytes(skipped), np.uint8).astype(bool),
+        )
+
+    def _check_unique_ids(self, id_hashes: np.ndarray) -> None:
+        values, counts = np.unique(id_hashes, return_counts=True)
+        repeated = set(values[counts > 1].tolist())
+        if not repeated:
+            return
+        names: list[str] = []
+        for batch in self.source.batches():
+            for row_id in self.builder.ids(batch):
+                if row_key(row_id, 0) in repeated and row_id not in names:
+                    names.append(row_id)
+            if len(names) >= 5:
+                break
+        more = f" and {len(repeated) - 5} more" if len(repeated) > 5 else ""
+        raise InputError(
+            self.source.path,
+            f"ids must be unique; repeated: {', '.join(map(repr, names[:5]))}{more}",
+            column=self.spec.id_column,
+        )
+
+    # 3. send
+
+    async def _send(self, plan: Plan, checkpoint: Checkpoint) -> None:
+        workers = min(self.spec.concurrency, plan.to_send)
+        jobs_in, jobs_out = anyio.create_memory_object_stream[_Job](workers)
+        results_in, results_out = anyio.create_memory_object_stream[RowResult](workers)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._store, results_out, plan, checkpoint)
+            watcher = anyio.CancelScope()
+            if self.stop is not None:
+                tg.start_soon(self._watch_stop, self.stop, watcher)
+            async with anyio.create_task_group() as senders:
+                self._senders = senders.cancel_scope
+                senders.start_soon(self._read, jobs_in, plan)
+                with jobs_out, results_in:
+                    for _ in range(workers):
+                        senders.start_soon(self._work, jobs_out.clone(), results_in.clone())
+            watcher.cancel()
+
+    async def _watch_stop(self, stop: anyio.Event, scope: anyio.CancelScope) -> None:
+        with scope:
+            await stop.wait()
+            log.warning(
+                "stopping: no new requests; waiting up to %g s for those in flight", self.spec.grace
+            )
+            self.stopping = True
+            self._reader_scope.cancel()
+            await anyio.sleep(self.spec.grace)
+            if self._senders is not None:
+                self._senders.cancel()
+
+    async def _read(self, jobs: ObjectSendStream[_Job], plan: Plan) -> None:
+        batches = self.source.batches()
+        with self._reader_scope:
+            async with jobs:
+                while True:
+                    batch = await anyio.to_thread.run_sync(next, batches, None)
+                    if batch is None:
+                        return
+                    rows = np.flatnonzero(
+                        plan.loc[batch.start : batch.start + batch.data.num_rows] == SEND
+                    )
+                    if not len(rows):
+                        continue
+                    requests = self.builder.requests(batch)
+                    keys = self.keys
+                    for index in rows.tolist():
+                        request = requests[index]
+                        assert request is not None
+                        row = batch.start + index
+                        await jobs.send(
+                            _Job(
+                                row, int(keys.row_keys[row]), int(keys.request_hashes[row]), request
+                            )
+                        )
+
+    async def _work(
+        self, jobs: ObjectReceiveStream[_Job], results: ObjectSendStream[RowResult]
+    ) -> None:
+        async with jobs, results:
+            async for job in jobs:
+                if self.stopping:
+                    return
+                await results.send(await self._send_one(job))
+
+    async def _send_one(self, job: _Job) -> RowResult:
+        provider, limiter, rate = self.provider, self.limiter, self.rate
+
+        async def attempt() -> object:
+            self.requests += 1
+            async with limiter:
+                if rate is not None:
+                    await rate.wait()
+                return await provider.complete(job.request)
+
+        started = time.time()
+        t0 = time.perf_counter()
+        outcome = await call_with_retries(attempt, self.spec.retry)
+        latency = (time.perf_counter() - t0) * 1000.0
+        result = RowResult(
+            row=job.row,
+            row_key=job.row_key,
+            request_hash=job.request_hash,
+            sent_prompt=provider.render(job.request),
+            status=RowStatus.OK,
+            attempts=outcome.attempts,
+            latency_ms=latency,
+            started_at=started,
+            finished_at=time.time(),
+        )
+        if outcome.error is None:
+            completion = outcome.value
+            result.response = completion.text  # type: ignore[attr-defined]
+            result.ttfb_ms = completion.ttfb_ms  # type: ignore[attr-defined]
+            result.http_status = completion.http_status  # type: ignore[attr-defined]
+            self.garbage_lines += completion.garbage_lines  # type: ignore[attr-defined]
+        else:
+            result.status = RowStatus.ERROR
+            result.error_type = type(outcome.error).__name__
+            result.error = str(outcome.error)
+            result.http_status = outcome.error.http_status
+        self.latencies.append(latency)
+        return result
+
+    async def _store(
+        self, results: ObjectReceiveStream[RowResult], plan: Plan, checkpoint: Checkpoint
+    ) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._flush_every, FLUSH_SECONDS, plan, checkpoint)
+            async with results:
+                async for result in results:
+                    self._pending.append(result)
+                    if len(self._pending) >= FLUSH_ROWS:
+                        await self._flush(plan, checkpoint)
+            tg.cancel_scope.cancel()
+        with anyio.CancelScope(shield=True):
+            await self._flush(plan, checkpoint)
+
+    async def _flush_every(self, seconds: float, plan: Plan, checkpoint: Checkpoint) -> None:
+        while True:
+            await anyio.sleep(seconds)
+            await self._flush(plan, checkpoint)
+
+    async def _flush(self, plan: Plan, checkpoint: Checkpoint) -> None:
+        async with self._flush_lock:
+            batch, self._pending = self._pending, []
+            if not batch:
+                return
+            locs = await anyio.to_thread.run_sync(checkpoint.write_part, batch)
+            plan.loc[[r.row for r in batch]] = locs
+            progress = self.progress
+            progress.done += len(batch)
+            failed = sum(1 for r in batch if r.status is RowStatus.ERROR)
+            progress.failed += failed
+            progress.ok += len(batch) - failed
+            progress.concurrency = math.ceil(self.limiter.total_tokens)
+            self.on_progress(progress)
+
+    # 4. write
+
+    def _write(
+        self, plan: Plan, checkpoint: Checkpoint, schema: pa.Schema, summary: Summary
+    ) -> None:
+        plan.resolve()
+        statuses: Counter[str] = Counter()
+        errors: Counter[str] = Counter()
+        constants = {"model": self.model, "provider": self.provider.name}
+        with OutputWriter(self.output, schema) as writer:
+            for batch in self.source.batches():
+                n = batch.data.num_rows
+                records = checkpoint.take(plan.loc[batch.start : batch.start + n])
+                for item in pc.value_counts(records.column("status")).to_pylist():
+                    statuses[item["values"]] += item["counts"]
+                failed = pc.filter(
+                    records.column("error_type"), pc.equal(records.column("status"), "error")
+                )
+                for item in pc.value_counts(failed).to_pylist():
+                    errors[item["values"]] += item["counts"]
+                writer.write(assemble(batch.data, batch.start, records, constants))
+            summary.ok = statuses[RowStatus.OK.value]
+            summary.error = statuses[RowStatus.ERROR.value]
+            summary.skipped = statuses[RowStatus.SKIPPED.value]
+            summary.errors_by_type = dict(errors)
+            writer.commit(
+                {
+                    "version": __version__,
+                    "options": self.spec.public_options(),
+                    "counts": {
+                        "rows": summary.rows,
+                        "ok": summary.ok,
+                        "error": summary.error,
+                        "skipped": summary.skipped,
+                        "reused": summary.reused,
+                        "deduped": summary.deduped,
+                    },
+                }
+            )

@@ -1,0 +1,391 @@
+"""Input files as bounded batches of Arrow rows: CSV, TSV, JSONL, Parquet, stdin.
+
+A source is re-iterable: the engine reads it once to check and key every row before
+anything is sent, again to send, and a last time to write the output, each time in
+batches of at most ``batch_rows`` rows, so memory stays flat however long the file is.
+Every problem is an :class:`InputError` naming the file, the line and the column.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import InputError
+from ..jobs.spec import INPUT_FORMATS
+
+__all__ = ["Batch", "InputSource", "TableSource", "open_input", "spool_stdin"]
+
+_EXTENSIONS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+_CSV_FIELD_LIMIT = 2**31 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Consecutive input rows.
+
+    Attributes:
+        data: the rows, every input column.
+        start: 0-based position of the first row in the input.
+        lines: the 1-based line each row starts on (text formats), for error messages.
+    """
+
+    data: pa.RecordBatch
+    start: int
+    lines: list[int] | None = None
+
+    def line_of(self, index: int) -> tuple[int | None, int]:
+        """``(line, row)`` of the batch's ``index``-th row, for an :class:`InputError`."""
+        row = self.start + index
+        return (self.lines[index] if self.lines else None), row
+
+
+class InputSource:
+    """Rows of one input, readable several times in bounded batches.
+
+    Attributes:
+        path: the file, as the user named it.
+        columns: the input's column names (for JSONL, complete after one full read).
+    """
+
+    def __init__(self, path: str, *, batch_rows: int = 10_000, limit: int | None = None) -> None:
+        self.path = path
+        self.batch_rows = batch_rows
+        self.limit = limit
+        self.columns: list[str] = []
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.path!r})"
+
+    def schema(self) -> pa.Schema:
+        """The Arrow schema of the batches."""
+        return pa.schema([(name, pa.string()) for name in self.columns])
+
+    def _rows(self) -> Iterator[Batch]:
+        raise NotImplementedError
+
+    def batches(self) -> Iterator[Batch]:
+        """Yield the input's rows in order, at most ``limit`` of them.
+
+        Raises:
+            InputError: the input is unreadable, empty or malformed.
+        """
+        left = self.limit
+        seen = 0
+        for batch in self._rows():
+            seen += batch.data.num_rows
+            if left is not None:
+                if left <= 0:
+                    return
+                if batch.data.num_rows > left:
+                    batch = Batch(
+                        batch.data.slice(0, left),
+                        batch.start,
+                        batch.lines[:left] if batch.lines else None,
+                    )
+                left -= batch.data.num_rows
+            yield batch
+        if seen == 0:
+            raise InputError(self.path, self._no_rows_reason())
+
+    def _no_rows_reason(self) -> str:
+        return "has no rows"
+
+
+def _open_text(path: str, encoding: str) -> IO[str]:
+    if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
+        encoding = "utf-8-sig"  # a byte-order mark is not part of the first column's name
+    try:
+        return open(path, encoding=encoding, newline="", errors="strict")
+    except LookupError as exc:
+        raise InputError(path, f"unknown encoding {encoding!r}") from exc
+    except OSError as exc:
+        raise InputError(path, f"cannot read: {exc.strerror or exc}") from exc
+
+
+def _decode_error(path: str, encoding: str, exc: UnicodeDecodeError) -> InputError:
+    """Find the line and byte column of the first undecodable byte."""
+    codec = "utf-8" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+    with open(path, "rb") as raw:
+        for number, line in enumerate(raw, 1):
+            try:
+                line.decode(codec)
+            except UnicodeDecodeError as bad:
+                return InputError(
+                    path,
+                    f"bytes that are not valid {encoding} at byte {bad.start + 1} of the line;"
+                    " pass --encoding (e.g. --encoding latin-1)",
+                    line=number,
+                )
+    return InputError(path, f"not valid {encoding}: {exc.reason}; pass --encoding")
+
+
+class CsvSource(InputSource):
+    """A CSV or TSV file with a header row."""
+
+    def __init__(
+        self, path: str, *, delimiter: str = ",", encoding: str = "utf-8", **kwargs: Any
+    ) -> None:
+        super().__init__(path, **kwargs)
+        self.delimiter = delimiter
+        self.encoding = encoding
+        self.columns = self._read_header()
+
+    def _read_header(self) -> list[str]:
+        with _open_text(self.path, self.encoding) as handle:
+            try:
+                header = next(csv.reader(handle, delimiter=self.delimiter, strict=True), None)
+            except UnicodeDecodeError as exc:
+                raise _decode_error(self.path, self.encoding, exc) from exc
+            except csv.Error as exc:
+                raise InputError(self.path, f"malformed header: {exc}", line=1) from exc
+        if header is None:
+            raise InputError(self.path, "is empty")
+        names = [name.strip() for name in header]
+        for position, name in enumerate(names, 1):
+            if not name:
+                raise InputError(
+                    self.path, "the header has a column with no name", line=1, column=position
+                )
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise InputError(
+                self.path, f"the header names a column twice: {', '.join(duplicates)}", line=1
+            )
+        return names
+
+    def _no_rows_reason(self) -> str:
+        return "has a header but no rows"
+
+    def _rows(self) -> Iterator[Batch]:
+        csv.field_size_limit(_CSV_FIELD_LIMIT)
+        width = len(self.columns)
+        names = self.columns
+        with _open_text(self.path, self.encoding) as handle:
+            reader = csv.reader(handle, delimiter=self.delimiter, strict=True)
+            rows: list[list[str]] = []
+            lines: list[int] = []
+            start = 0
+            line = 1
+            try:
+                next(reader)
+                line = reader.line_num + 1
+                for record in reader:
+                    if len(record) != width:
+                        if not record:  # a blank line
+                            line = reader.line_num + 1
+                            continue
+                        raise InputError(
+                            self.path,
+                            f"expected {width} fields as in the header, found {len(record)}",
+                            line=line,
+                        )
+                    rows.append(record)
+                    lines.append(line)
+                    line = reader.line_num + 1
+                    if len(rows) == self.batch_rows:
+                        yield Batch(_string_batch(names, rows), start, lines)
+                        start += len(rows)
+                        rows, lines = [], []
+            except UnicodeDecodeError as exc:
+                raise _decode_error(self.path, self.encoding, exc) from exc
+            except csv.Error as exc:
+                raise InputError(self.path, f"malformed CSV: {exc}", line=line) from exc
+            if rows:
+                yield Batch(_string_batch(names, rows), start, lines)
+
+
+def _string_batch(names: list[str], rows: list[list[str]]) -> pa.RecordBatch:
+    columns = zip(*rows, strict=True) if rows else [() for _ in names]
+    return pa.record_batch([pa.array(col, type=pa.string()) for col in columns], names=names)
+
+
+class JsonlSource(InputSource):
+    """One JSON object per line; other values than strings are kept as JSON text."""
+
+    def __init__(self, path: str, *, encoding: str = "utf-8", **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self.encoding = encoding
+        self._complete = False
+
+    def _rows(self) -> Iterator[Batch]:
+        keys: dict[str, None] = dict.fromkeys(self.columns)
+        records: list[dict[str, Any]] = []
+        lines: list[int] = []
+        start = 0
+        with _open_text(self.path, self.encoding) as handle:
+            try:
+                for number, text in enumerate(handle, 1):
+                    if not text.strip():
+                        continue
+                    try:
+                        record = json.loads(text)
+                    except ValueError as exc:
+                        column = getattr(exc, "colno", None)
+                        reason = getattr(exc, "msg", str(exc))
+                        raise InputError(
+                            self.path, f"invalid JSON: {reason}", line=number, column=column
+                        ) from exc
+                    if not isinstance(record, dict):
+                        raise InputError(
+                            self.path, "expected a JSON object {...} on each line", line=number
+                        )
+                    for key in record:
+                        if key not in keys:
+                            keys[key] = None
+                    records.append(record)
+                    lines.append(number)
+                    if len(records) == self.batch_rows:
+                        yield Batch(_json_batch(list(keys), records), start, lines)
+                        start += len(records)
+                        records, lines = [], []
+            except UnicodeDecodeError as exc:
+                raise _decode_error(self.path, self.encoding, exc) from exc
+        if records:
+            yield Batch(_json_batch(list(keys), records), start, lines)
+        self.columns = list(keys)
+
+    def _no_rows_reason(self) -> str:
+        return "is empty (no JSON objects)"
+
+
+def _json_text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _json_batch(names: list[str], records: list[dict[str, Any]]) -> pa.RecordBatch:
+    return pa.record_batch(
+        [pa.array([_json_text(r.get(name)) for r in records], type=pa.string()) for name in names],
+        names=names,
+    )
+
+
+class ParquetSource(InputSource):
+    """A Parquet file; its columns keep their types."""
+
+    def __init__(self, path: str, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        try:
+            self._schema = pq.read_schema(path)
+        except OSError as exc:
+            raise InputError(path, f"cannot read: {exc.strerror or exc}") from exc
+        except pa.ArrowException as exc:
+            raise InputError(path, f"not a readable Parquet file: {exc}") from exc
+        self.columns = list(self._schema.names)
+        duplicates = sorted({n for n in self.columns if self.columns.count(n) > 1})
+        if duplicates:
+            raise InputError(path, f"names a column twice: {', '.join(duplicates)}")
+
+    def schema(self) -> pa.Schema:
+        """The file's own schema, without pandas metadata."""
+        return self._schema.remove_metadata()
+
+    def _rows(self) -> Iterator[Batch]:
+        start = 0
+        try:
+            with pq.ParquetFile(self.path) as handle:
+                for data in handle.iter_batches(batch_size=self.batch_rows):
+                    if data.num_rows:
+                        yield Batch(data.replace_schema_metadata(None), start)
+                        start += data.num_rows
+        except pa.ArrowException as exc:
+            raise InputError(self.path, f"not a readable Parquet file: {exc}") from exc
+
+
+class TableSource(InputSource):
+    """An in-memory Arrow table (``run_frame``)."""
+
+    def __init__(self, table: pa.Table, *, name: str = "<DataFrame>", **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        self.table = table.replace_schema_metadata(None)
+        self.columns = list(self.table.column_names)
+
+    def schema(self) -> pa.Schema:
+        """The table's schema."""
+        return self.table.schema
+
+    def _rows(self) -> Iterator[Batch]:
+        start = 0
+        for data in self.table.to_batches(max_chunksize=self.batch_rows):
+            if data.num_rows:
+                yield Batch(data, start)
+                start += data.num_rows
+
+
+def detect_format(path: str) -> str:
+    """The input format of ``path`` from its extension.
+
+    Raises:
+        InputError: the extension is not one aibatch reads.
+    """
+    fmt = _EXTENSIONS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise InputError(
+            path,
+            f"unknown file type {Path(path).suffix or '(no extension)'!r}; use .csv, .tsv,"
+            " .jsonl, .ndjson or .parquet, or pass --input-format",
+        )
+    return fmt
+
+
+def open_input(
+    path: str,
+    *,
+    input_format: str | None = None,
+    encoding: str = "utf-8",
+    batch_rows: int = 10_000,
+    limit: int | None = None,
+) -> InputSource:
+    """Open ``path`` as a source of batches.
+
+    Raises:
+        InputError: missing, unreadable or empty file, or unknown type.
+    """
+    fmt = input_format or detect_format(path)
+    if fmt not in INPUT_FORMATS:
+        raise InputError(path, f"unknown input format {fmt!r}")
+    file = Path(path)
+    if not file.exists():
+        raise InputError(path, "no such file")
+    if file.is_dir():
+        raise InputError(path, "is a directory, not a file")
+    if file.stat().st_size == 0:
+        raise InputError(path, "is empty")
+    common: dict[str, Any] = {"batch_rows": batch_rows, "limit": limit}
+    if fmt == "parquet":
+        return ParquetSource(path, **common)
+    if fmt == "jsonl":
+        return JsonlSource(path, encoding=encoding, **common)
+    return CsvSource(path, delimiter="\t" if fmt == "tsv" else ",", encoding=encoding, **common)
+
+
+def spool_stdin(directory: Path) -> Path:
+    """Copy standard input to a file in ``directory`` so it can be read several times."""
+    target = directory / "stdin.csv"
+    with open(target, "wb") as out:
+        shutil.copyfileobj(sys.stdin.buffer, out)
+    return target
+
+
+def frame_source(frame: Any, **kwargs: Any) -> TableSource:
+    """A pandas DataFrame as a source (its index is not kept)."""
+    return TableSource(pa.Table.from_pandas(frame, preserve_index=False), **kwargs)

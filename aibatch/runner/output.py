@@ -1,0 +1,160 @@
+"""The Parquet output: one row per input row, in input order, written atomically.
+
+Columns: the input's own, then :data:`OUTPUT_SCHEMA`. The file is written to a temporary
+name in the same folder, fsynced and renamed into place, so a crash leaves either the
+previous output or the new one, never half a file. File metadata (key ``aibatch``)
+records the aibatch version, the job's options (no secrets) and the counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import OutputError, UsageError
+from ..jobs.checkpoint import RECORD_SCHEMA
+
+__all__ = ["OUTPUT_SCHEMA", "OutputWriter", "assemble", "check_output", "output_schema"]
+
+OUTPUT_SCHEMA = pa.schema(
+    [
+        ("row", pa.int64()),
+        *RECORD_SCHEMA,
+        ("model", pa.string()),
+        ("provider", pa.string()),
+    ]
+)
+METADATA_KEY = "aibatch"
+
+
+def output_schema(input_schema: pa.Schema) -> pa.Schema:
+    """The input's columns followed by the result columns.
+
+    Raises:
+        OutputError: an input column has the name of a result column.
+    """
+    clash = [name for name in input_schema.names if name in OUTPUT_SCHEMA.names]
+    if clash:
+        raise OutputError(
+            f"input column(s) {', '.join(map(repr, clash))} would be overwritten by aibatch's"
+            f" result columns ({', '.join(OUTPUT_SCHEMA.names)}); rename them in the input"
+        )
+    return pa.schema([*input_schema, *OUTPUT_SCHEMA])
+
+
+def check_output(output: Path, inputs: Sequence[str]) -> None:
+    """Refuse an output that cannot be written or would overwrite an input.
+
+    Raises:
+        UsageError: the folder is missing or not writable, or the output is an input.
+    """
+    folder = output.parent if str(output.parent) else Path(".")
+    if not folder.is_dir():
+        raise UsageError(f"output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"output folder {folder} is not writable")
+    if output.is_dir():
+        raise UsageError(f"output {output} is a directory; name a .parquet file")
+    for name in inputs:
+        if name != "-" and Path(name).exists() and output.resolve() == Path(name).resolve():
+            raise UsageError(f"output {output} is the input file; choose another -o/--output")
+
+
+def assemble(
+    data: pa.RecordBatch, start: int, records: pa.Table, constants: Mapping[str, str]
+) -> pa.Table:
+    """Join input rows with their results (:data:`RECORD_SCHEMA`) into output rows."""
+    n = data.num_rows
+    columns = [
+        *data.columns,
+        pa.array(range(start, start + n), pa.int64()),
+        *(records.column(name).combine_chunks() for name in RECORD_SCHEMA.names),
+        *(pa.repeat(value, n).cast(pa.string()) for value in constants.values()),
+    ]
+    names = [*data.schema.names, *OUTPUT_SCHEMA.names]
+    return pa.Table.from_arrays(columns, names=names)
+
+
+class OutputWriter:
+    """Writes output rows to a temporary file and renames it into place on :meth:`commit`.
+
+    Args:
+        path: the final output path.
+        schema: the full output schema (:func:`output_schema`).
+    """
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        self.path = path
+        self.schema = schema
+        self.temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        self._writer: pq.ParquetWriter | None = None
+        self.rows = 0
+
+    def __enter__(self) -> OutputWriter:
+        try:
+            self._writer = pq.ParquetWriter(self.temp, self.schema, compression="zstd")
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.temp}: {exc}") from exc
+        return self
+
+    def write(self, table: pa.Table) -> None:
+        """Append rows (already in order)."""
+        assert self._writer is not None
+        try:
+            self._writer.write_table(table.cast(self.schema))
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.path}: {exc}") from exc
+        self.rows += table.num_rows
+
+    def commit(self, metadata: Mapping[str, Any]) -> None:
+        """Close the file with ``metadata`` and move it into place atomically."""
+        assert self._writer is not None
+        try:
+            self._writer.add_key_value_metadata(
+                {METADATA_KEY: json.dumps(metadata, default=str, ensure_ascii=False)}
+            )
+            self._writer.close()
+            self._writer = None
+            with open(self.temp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(self.temp, self.path)
+            folder = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.close()
+            self._writer = None
+        with contextlib.suppress(OSError):
+            self.temp.unlink()
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``aibatch`` metadata of an output file."""
+    raw = pq.read_metadata(path).metadata or {}
+    value = raw.get(METADATA_KEY.encode())
+    return json.loads(value) if value else {}
+
+
+def read_frame(path: str | Path) -> Any:
+    """An output file as a pandas DataFrame."""
+    return pq.read_table(path).to_pandas()

@@ -1,0 +1,205 @@
+"""Rows to requests.
+
+A row's request comes from the prompt column, a template over columns, or a column of
+whole conversations, with an optional system message first.
+
+Templates take plain column names only. They are not rendered with ``str.format``,
+which would let ``{text.__class__.__mro__}`` reach into Python objects: a template is
+parsed once into literal text and column names, and rendering only joins strings.
+``{{`` and ``}}`` are literal braces.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import InputError, UsageError
+from ..jobs.spec import JobSpec
+from ..providers.helpers import to_text
+from ..types import ChatRequest, Message
+from .inputs import Batch
+
+__all__ = ["PromptBuilder", "parse_template"]
+
+
+def parse_template(template: str) -> list[tuple[str, str | None]]:
+    """Split ``template`` into ``(literal, column)`` pieces.
+
+    Raises:
+        UsageError: unbalanced braces, or a field that is not a plain column name.
+    """
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise UsageError(
+            f"--template {template!r}: {exc} (write {{{{ and }}}} for braces)"
+        ) from exc
+    pieces: list[tuple[str, str | None]] = []
+    for literal, name, spec, conversion in parsed:
+        if name is None:
+            pieces.append((literal, None))
+            continue
+        field = (
+            "{"
+            + name
+            + (f"!{conversion}" if conversion else "")
+            + (f":{spec}" if spec else "")
+            + "}"
+        )
+        if not name.strip():
+            raise UsageError(f"--template: {field} names no column; write {{column_name}}")
+        if conversion or spec or any(c in name for c in ".[]"):
+            raise UsageError(
+                f"--template: {field} is not a plain column name; templates take"
+                " {column_name} only (no attributes, indexes, conversions or formats)"
+            )
+        pieces.append((literal, name))
+    return pieces
+
+
+class PromptBuilder:
+    """Builds each row's :class:`ChatRequest` the way the job's options say.
+
+    Args:
+        spec: the job.
+        model: the resolved model name.
+        path: the input, for error messages.
+    """
+
+    def __init__(self, spec: JobSpec, model: str, path: str) -> None:
+        self.spec = spec
+        self.model = model
+        self.path = path
+        self.template = parse_template(spec.template) if spec.template is not None else None
+        self.system = (Message("system", spec.system),) if spec.system else ()
+
+    def needed_columns(self) -> list[str]:
+        """The input columns the job reads."""
+        if self.spec.messages_column:
+            names = [self.spec.messages_column]
+        elif self.template is not None:
+            names = list(dict.fromkeys(name for _, name in self.template if name is not None))
+        else:
+            names = [self.spec.prompt_column]
+        if self.spec.id_column:
+            names.append(self.spec.id_column)
+        return names
+
+    def check_columns(self, columns: Sequence[str]) -> None:
+        """Raise an :class:`InputError` naming the first needed column that is missing."""
+        for name in self.needed_columns():
+            if name not in columns:
+                option = (
+                    "--messages-column"
+                    if name == self.spec.messages_column
+                    else "--id-column"
+                    if name == self.spec.id_column
+                    else "--template"
+                    if self.template is not None
+                    else "--prompt-column"
+                )
+                raise InputError(
+                    self.path,
+                    f"no column {name!r} ({option}); the columns are: {', '.join(columns)}",
+                )
+
+    def ids(self, batch: Batch) -> list[str]:
+        """Each row's id: the ``--id-column`` value, else its 0-based position."""
+        n = batch.data.num_rows
+        if not self.spec.id_column:
+            return [str(i) for i in range(batch.start, batch.start + n)]
+        values = _column(batch, self.spec.id_column)
+        for index, value in enumerate(values):
+            if value is None or value == "":
+                line, row = batch.line_of(index)
+                raise InputError(
+                    self.path, f"row {row} has no id", line=line, column=self.spec.id_column
+                )
+        return [str(v) for v in values]
+
+    def requests(self, batch: Batch) -> list[ChatRequest | None]:
+        """Each row's request, or ``None`` for a row with nothing to ask (skipped).
+
+        Raises:
+            InputError: a messages cell that is not a JSON list of ``{role, content}``.
+        """
+        if self.spec.messages_column:
+            return self._from_messages(batch)
+        if self.template is not None:
+            prompts = self._from_template(batch)
+        else:
+            prompts = [
+                v if isinstance(v, str) or v is None else str(v)
+                for v in _column(batch, self.spec.prompt_column)
+            ]
+        model, system = self.model, self.system
+        return [
+            None
+            if not p or p.isspace()
+            else ChatRequest(messages=(*system, Message("user", p)), model=model)
+            for p in prompts
+        ]
+
+    def _from_template(self, batch: Batch) -> list[str | None]:
+        assert self.template is not None
+        columns = {name: _column(batch, name) for _, name in self.template if name is not None}
+        out: list[str | None] = []
+        for i in range(batch.data.num_rows):
+            values = {name: column[i] for name, column in columns.items()}
+            if columns and all(v is None or str(v).strip() == "" for v in values.values()):
+                out.append(None)
+                continue
+            out.append(
+                "".join(
+                    literal + ("" if name is None or values[name] is None else str(values[name]))
+                    for literal, name in self.template
+                )
+            )
+        return out
+
+    def _from_messages(self, batch: Batch) -> list[ChatRequest | None]:
+        name = self.spec.messages_column
+        assert name is not None
+        out: list[ChatRequest | None] = []
+        for index, cell in enumerate(_column(batch, name)):
+            try:
+                messages = _parse_messages(cell)
+            except ValueError as exc:
+                line, row = batch.line_of(index)
+                raise InputError(self.path, f"row {row}: {exc}", line=line, column=name) from exc
+            if not any(m.content.strip() for m in messages):
+                out.append(None)
+                continue
+            if self.system and not (messages and messages[0].role == "system"):
+                messages = [*self.system, *messages]
+            out.append(ChatRequest(messages=tuple(messages), model=self.model))
+        return out
+
+
+def _column(batch: Batch, name: str) -> list[Any]:
+    index = batch.data.schema.get_field_index(name)
+    if index < 0:
+        return [None] * batch.data.num_rows
+    return batch.data.column(index).to_pylist()  # type: ignore[no-any-return]
+
+
+def _parse_messages(cell: Any) -> list[Message]:
+    if cell is None or cell == "":
+        return []
+    value = cell
+    if isinstance(cell, str):
+        try:
+            value = json.loads(cell)
+        except ValueError as exc:
+            raise ValueError(f"messages are not valid JSON: {exc}") from exc
+    if not isinstance(value, list):
+        raise ValueError('messages must be a JSON list of {"role": ..., "content": ...}')
+    messages = []
+    for position, item in enumerate(value):
+        if not isinstance(item, dict) or not isinstance(item.get("role"), str):
+            raise ValueError(f"message {position} needs a string 'role' and a 'content'")
+        messages.append(Message(item["role"], to_text(item.get("content"))))
+    return messages

@@ -1,0 +1,70 @@
+"""Summary: what a run did, as counts, rates and latency percentiles."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Summary", "percentile"]
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float | None:
+    """The ``q``-th percentile (0-100) of already sorted values, nearest rank."""
+    if not sorted_values:
+        return None
+    rank = max(0, min(len(sorted_values) - 1, round(q / 100.0 * (len(sorted_values) - 1))))
+    return float(sorted_values[rank])
+
+
+@dataclass(slots=True, kw_only=True)
+class Summary:
+    """The outcome of a run.
+
+    Attributes:
+        rows: input rows; ``ok + error + skipped == rows`` once the output is written.
+        sent: rows that needed a request in this run.
+        requests: chat requests made in this run, retries included.
+        reused: rows answered from the checkpoint of an earlier run.
+        deduped: rows that shared an identical request with an earlier row.
+        token_requests: token requests the provider made.
+        interrupted: the run stopped early (Ctrl-C, SIGTERM); no output was written.
+        errors_by_type: failed rows per error class.
+    """
+
+    input: str
+    output: str | None = None
+    provider: str = ""
+    model: str = ""
+    rows: int = 0
+    ok: int = 0
+    error: int = 0
+    skipped: int = 0
+    sent: int = 0
+    requests: int = 0
+    reused: int = 0
+    deduped: int = 0
+    token_requests: int = 0
+    garbage_lines: int = 0
+    wall_s: float = 0.0
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    interrupted: bool = False
+    errors_by_type: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rows_per_s(self) -> float:
+        """Rows finished per second of wall time."""
+        return self.rows / self.wall_s if self.wall_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary as JSON-ready values."""
+        data = dataclasses.asdict(self)
+        data["rows_per_s"] = round(self.rows_per_s, 3)
+        return data
+
+    def to_json(self) -> str:
+        """The summary as a JSON document."""
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
