@@ -19,7 +19,13 @@ import aiohttp
 
 from ..errors import TokenRejected, TransientError
 from ..types import ChatRequest
-from .base import AsyncGeneratorProvider, ProviderModelMixin, StreamInfo, response_error
+from .base import (
+    AsyncGeneratorProvider,
+    ProviderModelMixin,
+    StreamInfo,
+    response_error,
+    split_lines,
+)
 from .helpers import format_prompt, get_random_string
 from .tokens import Token, TokenManager
 
@@ -169,8 +175,8 @@ class AiChatOnline(AsyncGeneratorProvider, ProviderModelMixin):
             ) as response:
                 info.http_status = response.status
                 if response.status >= 400:
-                    raise await response_error(response, "chat request")
-                async for line in response.content:
+                    raise await response_error(response, "chat request", secret=token.value)
+                async for line in split_lines(response.content):
                     message = _decode_line(line)
                     if message is _GARBAGE:
                         info.garbage_lines += 1

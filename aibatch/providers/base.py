@@ -9,6 +9,7 @@ with the per-attempt deadline, the time to first chunk and the empty-answer chec
 from __future__ import annotations
 
 import email.utils
+import math
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
@@ -35,6 +36,7 @@ __all__ = [
     "StreamInfo",
     "parse_retry_after",
     "response_error",
+    "split_lines",
     "status_error",
 ]
 
@@ -199,9 +201,11 @@ def parse_retry_after(value: str | None) -> float | None:
     if not value:
         return None
     try:
-        return max(float(value), 0.0)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(seconds, 0.0) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -221,13 +225,40 @@ def status_error(status: int, detail: str, *, retry_after: float | None = None) 
     return PermanentError(message, http_status=status)
 
 
-async def response_error(response: aiohttp.ClientResponse, what: str) -> ProviderError:
-    """Build the error for a failed ``response``, quoting the start of its body."""
+async def response_error(
+    response: aiohttp.ClientResponse, what: str, *, secret: str | None = None
+) -> ProviderError:
+    """Build the error for a failed ``response``, quoting the start of its body.
+
+    ``secret`` (a token the request carried) is blanked out of the quote, in case the
+    server echoes it back.
+    """
     try:
         body = (await response.text(errors="replace")).strip()
     except (aiohttp.ClientError, TimeoutError):
         body = ""
+    if secret:
+        body = body.replace(secret, "***")
     detail = f"{what} failed" + (f": {body[:200]}" if body else "")
     return status_error(
         response.status, detail, retry_after=parse_retry_after(response.headers.get("Retry-After"))
     )
+
+
+async def split_lines(content: aiohttp.StreamReader) -> AsyncGenerator[bytes, None]:
+    """Yield the lines of a streamed body, without their newlines.
+
+    aiohttp's own line reader refuses lines over 512 KiB; this one takes whatever
+    arrives in whole chunks and has no limit but memory.
+    """
+    pending = b""
+    async for data in content.iter_any():
+        if b"\n" not in data:
+            pending += data
+            continue
+        lines = (pending + data).split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            yield line
+    if pending:
+        yield pending
