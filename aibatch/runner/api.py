@@ -116,16 +116,14 @@ def _open_source(spec: JobSpec, scratch: Path) -> InputSource:
     fmt = spec.input_format
     if path == "-":
         path, fmt = str(spool_stdin(scratch)), fmt or "csv"
-    source = open_input(
+    return open_input(
         path,
         input_format=fmt,
         encoding=spec.encoding,
         batch_rows=spec.batch_rows,
         limit=spec.limit,
+        name="<stdin>" if spec.input == "-" else None,
     )
-    if spec.input == "-":
-        source.path = "<stdin>"
-    return source
 
 
 async def _with_signals(
@@ -233,7 +231,7 @@ def preview(spec: JobSpec, count: int = 5) -> tuple[int, int, list[tuple[int, st
         source = _open_source(spec, Path(scratch))
         check_output(spec.output_path(), [spec.input])
         provider = get_provider(spec.provider)(base_url=spec.base_url or "http://127.0.0.1")
-        builder = PromptBuilder(spec, provider.get_model(spec.model), source.path)  # type: ignore[attr-defined]
+        builder = PromptBuilder(spec, provider.get_model(spec.model), source.name)  # type: ignore[attr-defined]
         if source.columns:
             builder.check_columns(source.columns)
         rows = skipped = 0

@@ -148,7 +148,7 @@ class _Partition:
         self.on_progress = on_progress or (lambda progress: None)
         self.stop = stop
         self.model = type(provider).get_model(spec.model)  # type: ignore[attr-defined]
-        self.builder = PromptBuilder(spec, self.model, source.path)
+        self.builder = PromptBuilder(spec, self.model, source.name)
         self.progress = Progress(concurrency=spec.concurrency)
         self.limiter = anyio.CapacityLimiter(spec.concurrency)
         self.rate = RateLimiter(spec.rps) if spec.rps else None
@@ -180,7 +180,7 @@ class _Partition:
             )
             self.keys = keys
             summary = Summary(
-                input=self.source.path,
+                input=self.source.name,
                 output=str(self.output),
                 provider=self.provider.name,
                 model=self.model,
@@ -267,7 +267,7 @@ class _Partition:
                 break
         more = f" and {len(repeated) - 5} more" if len(repeated) > 5 else ""
         raise InputError(
-            self.source.path,
+            self.source.name,
             f"ids must be unique; repeated: {', '.join(map(repr, names[:5]))}{more}",
             column=self.spec.id_column,
         )

@@ -61,18 +61,27 @@ class InputSource:
     """Rows of one input, readable several times in bounded batches.
 
     Attributes:
-        path: the file, as the user named it.
+        path: the file to read.
+        name: how messages name the input (the path, ``<stdin>``, ``<DataFrame>``).
         columns: the input's column names (for JSONL, complete after one full read).
     """
 
-    def __init__(self, path: str, *, batch_rows: int = 10_000, limit: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        name: str | None = None,
+        batch_rows: int = 10_000,
+        limit: int | None = None,
+    ) -> None:
         self.path = path
+        self.name = name or path
         self.batch_rows = batch_rows
         self.limit = limit
         self.columns: list[str] = []
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.path!r})"
+        return f"{type(self).__name__}({self.name!r})"
 
     def schema(self) -> pa.Schema:
         """The Arrow schema of the batches."""
@@ -103,7 +112,7 @@ class InputSource:
                 left -= batch.data.num_rows
             yield batch
         if seen == 0:
-            raise InputError(self.path, self._no_rows_reason())
+            raise InputError(self.name, self._no_rows_reason())
 
     def _no_rows_reason(self) -> str:
         return "has no rows"
@@ -120,7 +129,9 @@ def _open_text(path: str, encoding: str) -> IO[str]:
         raise InputError(path, f"cannot read: {exc.strerror or exc}") from exc
 
 
-def _decode_error(path: str, encoding: str, exc: UnicodeDecodeError) -> InputError:
+def _decode_error(
+    path: str, encoding: str, exc: UnicodeDecodeError, name: str | None = None
+) -> InputError:
     """Find the line and byte column of the first undecodable byte."""
     codec = "utf-8" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
     with open(path, "rb") as raw:
@@ -129,12 +140,12 @@ def _decode_error(path: str, encoding: str, exc: UnicodeDecodeError) -> InputErr
                 line.decode(codec)
             except UnicodeDecodeError as bad:
                 return InputError(
-                    path,
+                    name or path,
                     f"bytes that are not valid {encoding} at byte {bad.start + 1} of the line;"
                     " pass --encoding (e.g. --encoding latin-1)",
                     line=number,
                 )
-    return InputError(path, f"not valid {encoding}: {exc.reason}; pass --encoding")
+    return InputError(name or path, f"not valid {encoding}: {exc.reason}; pass --encoding")
 
 
 class CsvSource(InputSource):
@@ -153,21 +164,21 @@ class CsvSource(InputSource):
             try:
                 header = next(csv.reader(handle, delimiter=self.delimiter, strict=True), None)
             except UnicodeDecodeError as exc:
-                raise _decode_error(self.path, self.encoding, exc) from exc
+                raise _decode_error(self.path, self.encoding, exc, self.name) from exc
             except csv.Error as exc:
-                raise InputError(self.path, f"malformed header: {exc}", line=1) from exc
+                raise InputError(self.name, f"malformed header: {exc}", line=1) from exc
         if header is None:
-            raise InputError(self.path, "is empty")
+            raise InputError(self.name, "is empty")
         names = [name.strip() for name in header]
         for position, name in enumerate(names, 1):
             if not name:
                 raise InputError(
-                    self.path, "the header has a column with no name", line=1, column=position
+                    self.name, "the header has a column with no name", line=1, column=position
                 )
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise InputError(
-                self.path, f"the header names a column twice: {', '.join(duplicates)}", line=1
+                self.name, f"the header names a column twice: {', '.join(duplicates)}", line=1
             )
         return names
 
@@ -193,7 +204,7 @@ class CsvSource(InputSource):
                             line = reader.line_num + 1
                             continue
                         raise InputError(
-                            self.path,
+                            self.name,
                             f"expected {width} fields as in the header, found {len(record)}",
                             line=line,
                         )
@@ -205,9 +216,9 @@ class CsvSource(InputSource):
                         start += len(rows)
                         rows, lines = [], []
             except UnicodeDecodeError as exc:
-                raise _decode_error(self.path, self.encoding, exc) from exc
+                raise _decode_error(self.path, self.encoding, exc, self.name) from exc
             except csv.Error as exc:
-                raise InputError(self.path, f"malformed CSV: {exc}", line=line) from exc
+                raise InputError(self.name, f"malformed CSV: {exc}", line=line) from exc
             if rows:
                 yield Batch(_string_batch(names, rows), start, lines)
 
@@ -241,11 +252,11 @@ class JsonlSource(InputSource):
                         column = getattr(exc, "colno", None)
                         reason = getattr(exc, "msg", str(exc))
                         raise InputError(
-                            self.path, f"invalid JSON: {reason}", line=number, column=column
+                            self.name, f"invalid JSON: {reason}", line=number, column=column
                         ) from exc
                     if not isinstance(record, dict):
                         raise InputError(
-                            self.path, "expected a JSON object {...} on each line", line=number
+                            self.name, "expected a JSON object {...} on each line", line=number
                         )
                     for key in record:
                         if key not in keys:
@@ -257,7 +268,7 @@ class JsonlSource(InputSource):
                         start += len(records)
                         records, lines = [], []
             except UnicodeDecodeError as exc:
-                raise _decode_error(self.path, self.encoding, exc) from exc
+                raise _decode_error(self.path, self.encoding, exc, self.name) from exc
         if records:
             yield Batch(_json_batch(list(keys), records), start, lines)
         self.columns = list(keys)
@@ -308,14 +319,14 @@ class ParquetSource(InputSource):
                         yield Batch(data.replace_schema_metadata(None), start)
                         start += data.num_rows
         except pa.ArrowException as exc:
-            raise InputError(self.path, f"not a readable Parquet file: {exc}") from exc
+            raise InputError(self.name, f"not a readable Parquet file: {exc}") from exc
 
 
 class TableSource(InputSource):
     """An in-memory Arrow table (``run_frame``)."""
 
     def __init__(self, table: pa.Table, *, name: str = "<DataFrame>", **kwargs: Any) -> None:
-        super().__init__(name, **kwargs)
+        super().__init__(name, name=name, **kwargs)
         self.table = table.replace_schema_metadata(None)
         self.columns = list(self.table.column_names)
 
@@ -354,8 +365,9 @@ def open_input(
     encoding: str = "utf-8",
     batch_rows: int = 10_000,
     limit: int | None = None,
+    name: str | None = None,
 ) -> InputSource:
-    """Open ``path`` as a source of batches.
+    """Open ``path`` as a source of batches (``name`` is how messages call it).
 
     Raises:
         InputError: missing, unreadable or empty file, or unknown type.
@@ -370,7 +382,7 @@ def open_input(
         raise InputError(path, "is a directory, not a file")
     if file.stat().st_size == 0:
         raise InputError(path, "is empty")
-    common: dict[str, Any] = {"batch_rows": batch_rows, "limit": limit}
+    common: dict[str, Any] = {"batch_rows": batch_rows, "limit": limit, "name": name}
     if fmt == "parquet":
         return ParquetSource(path, **common)
     if fmt == "jsonl":

@@ -212,6 +212,6 @@ async def test_unknown_columns_in_a_template_are_refused_before_sending(tmp_path
     from aibatch.errors import InputError
 
     provider = ScriptedProvider()
-    with pytest.raises(InputError, match="no column 'nope'.*prompt"):
+    with pytest.raises(InputError, match=r"no column 'nope'.*prompt"):
         await run(provider, source(["a"]), tmp_path / "o.parquet", template="{nope}")
     assert not provider.calls
