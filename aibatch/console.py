@@ -6,6 +6,7 @@ every few seconds.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import TextIO
@@ -41,7 +42,8 @@ class ProgressReporter:
         self.stream = stream or sys.stderr
         self.bar = self.stream.isatty() if bar is None else bar
         self.every = every if not self.bar else 0.1
-        self._last = 0.0
+        self._last = -math.inf
+        self._finished = False
         self._drawn = False
 
     def line(self, p: Progress) -> str:
@@ -63,14 +65,15 @@ class ProgressReporter:
         """Show ``progress`` if enough time has passed since the last line."""
         now = time.monotonic()
         finished = progress.done >= progress.to_send
-        if now - self._last < self.every and not finished:
+        if (now - self._last < self.every and not finished) or (finished and self._finished):
             return
-        self._last = now
+        text = self.line(progress)
+        self._last, self._finished = now, finished
         if self.bar:
-            self.stream.write("\r\x1b[2K" + self.line(progress))
+            self.stream.write("\r\x1b[2K" + text)
             self._drawn = True
         else:
-            self.stream.write("aibatch: " + self.line(progress) + "\n")
+            self.stream.write("aibatch: " + text + "\n")
         self.stream.flush()
 
     def close(self) -> None:

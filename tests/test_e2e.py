@@ -135,3 +135,23 @@ async def test_a_second_run_on_the_same_output_is_refused_while_the_first_runs(t
     assert second.returncode == 2
     message = second.stderr.decode()
     assert f"another aibatch run (pid {first.pid})" in message and "Traceback" not in message
+
+
+async def test_aibatch_emulate_prints_its_url_serves_and_stops_on_sigint() -> None:
+    import aiohttp
+
+    process = await anyio.open_process(
+        [sys.executable, "-m", "aibatch", "emulate", "--port", "0", "--record-prompts"]
+    )
+    async with process:
+        assert process.stdout is not None
+        with anyio.fail_after(30):
+            line = (await process.stdout.receive(1024)).decode().strip()
+        assert line.startswith("http://127.0.0.1:")
+        async with aiohttp.ClientSession() as session, session.get(f"{line}/stats") as response:
+            stats = await response.json()
+        assert stats["token_requests"] == 0 and stats["chat_requests"] == 0
+        process.send_signal(signal.SIGINT)
+        with anyio.fail_after(30):
+            await process.wait()
+    assert process.returncode == 0
