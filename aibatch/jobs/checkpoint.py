@@ -252,7 +252,7 @@ class Checkpoint:
             self._next_part = max(self._next_part, number + 1)
             try:
                 table = _read_part(path, columns=["row_key", "request_hash", "status"])
-            except (OSError, pa.ArrowException) as exc:
+            except (OSError, pa.ArrowException, KeyError) as exc:
                 aside = path.with_name(f"{path.name}.unreadable")
                 log.warning(
                     "checkpoint part %s is unreadable (%s); set aside as %s",
@@ -380,7 +380,7 @@ class Checkpoint:
             path = self.parts_dir / f"{number:08d}.arrow"
             try:
                 table = _read_part(path, columns=RECORD_SCHEMA.names)
-            except (OSError, pa.ArrowException) as exc:
+            except (OSError, pa.ArrowException, KeyError) as exc:
                 raise CheckpointError(f"cannot read checkpoint part {path}: {exc}") from exc
             self._cache[number] = table
             if len(self._cache) > _PART_CACHE:

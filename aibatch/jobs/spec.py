@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,12 @@ class RetryPolicy:
 
     def backoff(self, retry: int) -> float:
         """Seconds to wait before retry number ``retry`` (1-based), without jitter."""
-        return min(self.wait_max, self.wait_initial * self.wait_exp_base ** (retry - 1))
+        wait = self.wait_initial
+        for _ in range(retry - 1):  # grow step by step: a power could overflow
+            wait *= self.wait_exp_base
+            if wait >= self.wait_max:
+                return self.wait_max
+        return min(wait, self.wait_max)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -157,6 +163,28 @@ _RETRY_KEYS = {f.name for f in dataclasses.fields(RetryPolicy)}
 _JOB_KEYS = {f.name for f in dataclasses.fields(JobSpec)} - {"retry"}
 
 
+def _check_types(path: Path, cls: type, values: dict[str, Any], prefix: str) -> None:
+    """Refuse a job-file value whose type the field does not take, naming the key."""
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        allowed = tuple(
+            t for t in typing.get_args(hints[key]) or (hints[key],) if isinstance(t, type)
+        )
+        if float in allowed:
+            allowed += (int,)
+        if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
+            names = " or ".join(
+                sorted(
+                    {
+                        "number" if t in (int, float) else t.__name__
+                        for t in allowed
+                        if t is not type(None)
+                    }
+                )
+            )
+            raise UsageError(f"job file {path}: {prefix}{key} must be a {names}, not {value!r}")
+
+
 def load_job(path: str | Path) -> dict[str, Any]:
     """Read a TOML job file into JobSpec keyword arguments.
 
@@ -183,6 +211,8 @@ def load_job(path: str | Path) -> dict[str, Any]:
         unknown += [f"retry.{key}" for key in sorted(set(retry) - _RETRY_KEYS)]
     if unknown:
         raise UsageError(f"job file {path}: unknown key(s): {', '.join(unknown)}")
+    _check_types(path, JobSpec, data, "")
+    _check_types(path, RetryPolicy, retry, "retry.")
     for key in _PATH_KEYS:
         value = data.get(key)
         if isinstance(value, str) and value != "-" and not Path(value).is_absolute():

@@ -111,6 +111,8 @@ class InputSource:
                     )
                 left -= batch.data.num_rows
             yield batch
+            if left is not None and left <= 0:
+                return
         if seen == 0:
             raise InputError(self.name, self._no_rows_reason())
 
@@ -118,15 +120,15 @@ class InputSource:
         return "has no rows"
 
 
-def _open_text(path: str, encoding: str) -> IO[str]:
+def _open_text(path: str, encoding: str, name: str) -> IO[str]:
     if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
         encoding = "utf-8-sig"  # a byte-order mark is not part of the first column's name
     try:
         return open(path, encoding=encoding, newline="", errors="strict")
     except LookupError as exc:
-        raise InputError(path, f"unknown encoding {encoding!r}") from exc
+        raise InputError(name, f"unknown encoding {encoding!r}") from exc
     except OSError as exc:
-        raise InputError(path, f"cannot read: {exc.strerror or exc}") from exc
+        raise InputError(name, f"cannot read: {exc.strerror or exc}") from exc
 
 
 def _decode_error(
@@ -160,25 +162,29 @@ class CsvSource(InputSource):
         self.columns = self._read_header()
 
     def _read_header(self) -> list[str]:
-        with _open_text(self.path, self.encoding) as handle:
+        with _open_text(self.path, self.encoding, self.name) as handle:
+            reader = csv.reader(handle, delimiter=self.delimiter, strict=True)
             try:
-                header = next(csv.reader(handle, delimiter=self.delimiter, strict=True), None)
+                header = _header(reader)
             except UnicodeDecodeError as exc:
                 raise _decode_error(self.path, self.encoding, exc, self.name) from exc
             except csv.Error as exc:
-                raise InputError(self.name, f"malformed header: {exc}", line=1) from exc
+                raise InputError(
+                    self.name, f"malformed header: {exc}", line=reader.line_num
+                ) from exc
+            line = reader.line_num
         if header is None:
-            raise InputError(self.name, "is empty")
+            raise InputError(self.name, "is empty (no header row)")
         names = [name.strip() for name in header]
         for position, name in enumerate(names, 1):
             if not name:
                 raise InputError(
-                    self.name, "the header has a column with no name", line=1, column=position
+                    self.name, "the header has a column with no name", line=line, column=position
                 )
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise InputError(
-                self.name, f"the header names a column twice: {', '.join(duplicates)}", line=1
+                self.name, f"the header names a column twice: {', '.join(duplicates)}", line=line
             )
         return names
 
@@ -189,14 +195,14 @@ class CsvSource(InputSource):
         csv.field_size_limit(_CSV_FIELD_LIMIT)
         width = len(self.columns)
         names = self.columns
-        with _open_text(self.path, self.encoding) as handle:
+        with _open_text(self.path, self.encoding, self.name) as handle:
             reader = csv.reader(handle, delimiter=self.delimiter, strict=True)
             rows: list[list[str]] = []
             lines: list[int] = []
             start = 0
             line = 1
             try:
-                next(reader)
+                _header(reader)
                 line = reader.line_num + 1
                 for record in reader:
                     if len(record) != width:
@@ -223,6 +229,14 @@ class CsvSource(InputSource):
                 yield Batch(_string_batch(names, rows), start, lines)
 
 
+def _header(reader: Iterator[list[str]]) -> list[str] | None:
+    """The first record that is not a blank line, or ``None`` at the end."""
+    for record in reader:
+        if record:
+            return record
+    return None
+
+
 def _string_batch(names: list[str], rows: list[list[str]]) -> pa.RecordBatch:
     columns = zip(*rows, strict=True) if rows else [() for _ in names]
     return pa.record_batch([pa.array(col, type=pa.string()) for col in columns], names=names)
@@ -241,7 +255,7 @@ class JsonlSource(InputSource):
         records: list[dict[str, Any]] = []
         lines: list[int] = []
         start = 0
-        with _open_text(self.path, self.encoding) as handle:
+        with _open_text(self.path, self.encoding, self.name) as handle:
             try:
                 for number, text in enumerate(handle, 1):
                     if not text.strip():
@@ -298,13 +312,13 @@ class ParquetSource(InputSource):
         try:
             self._schema = pq.read_schema(path)
         except OSError as exc:
-            raise InputError(path, f"cannot read: {exc.strerror or exc}") from exc
+            raise InputError(self.name, f"cannot read: {exc.strerror or exc}") from exc
         except pa.ArrowException as exc:
-            raise InputError(path, f"not a readable Parquet file: {exc}") from exc
+            raise InputError(self.name, f"not a readable Parquet file: {exc}") from exc
         self.columns = list(self._schema.names)
         duplicates = sorted({n for n in self.columns if self.columns.count(n) > 1})
         if duplicates:
-            raise InputError(path, f"names a column twice: {', '.join(duplicates)}")
+            raise InputError(self.name, f"names a column twice: {', '.join(duplicates)}")
 
     def schema(self) -> pa.Schema:
         """The file's own schema, without pandas metadata."""
@@ -342,7 +356,7 @@ class TableSource(InputSource):
                 start += data.num_rows
 
 
-def detect_format(path: str) -> str:
+def detect_format(path: str, name: str | None = None) -> str:
     """The input format of ``path`` from its extension.
 
     Raises:
@@ -351,7 +365,7 @@ def detect_format(path: str) -> str:
     fmt = _EXTENSIONS.get(Path(path).suffix.lower())
     if fmt is None:
         raise InputError(
-            path,
+            name or path,
             f"unknown file type {Path(path).suffix or '(no extension)'!r}; use .csv, .tsv,"
             " .jsonl, .ndjson or .parquet, or pass --input-format",
         )
@@ -372,16 +386,17 @@ def open_input(
     Raises:
         InputError: missing, unreadable or empty file, or unknown type.
     """
-    fmt = input_format or detect_format(path)
+    label = name or path
+    fmt = input_format or detect_format(path, label)
     if fmt not in INPUT_FORMATS:
-        raise InputError(path, f"unknown input format {fmt!r}")
+        raise InputError(label, f"unknown input format {fmt!r}")
     file = Path(path)
     if not file.exists():
-        raise InputError(path, "no such file")
+        raise InputError(label, "no such file")
     if file.is_dir():
-        raise InputError(path, "is a directory, not a file")
+        raise InputError(label, "is a directory, not a file")
     if file.stat().st_size == 0:
-        raise InputError(path, "is empty")
+        raise InputError(label, "is empty")
     common: dict[str, Any] = {"batch_rows": batch_rows, "limit": limit, "name": name}
     if fmt == "parquet":
         return ParquetSource(path, **common)

@@ -1,0 +1,623 @@
+"""The checkpoint: durable parts, resume plans, dedupe, torn parts, and the run lock."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from aibatch.errors import CheckpointError, OutputError
+from aibatch.jobs.checkpoint import (
+    DUPLICATE,
+    RECORD_SCHEMA,
+    SEND,
+    SKIP,
+    Checkpoint,
+    Plan,
+    checkpoint_dir,
+    request_hash,
+    row_key,
+)
+from aibatch.types import ChatRequest, Message, RowResult, RowStatus
+
+SERVICE = "aichatonline"
+MODEL = "test-model"
+STARTED = 1_700_000_000.25
+SUBPROCESS_TIMEOUT = 60
+
+# Tries to open the checkpoint folder argv[1] and says what happened.
+TRY_TO_OPEN = """
+import sys
+from pathlib import Path
+from aibatch.errors import CheckpointError
+from aibatch.jobs.checkpoint import Checkpoint
+try:
+    with Checkpoint(Path(sys.argv[1])):
+        print("opened")
+except CheckpointError as exc:
+    print("CheckpointError:", exc)
+"""
+
+# Opens the checkpoint folder argv[1], says so, and holds it until stdin closes.
+HOLD_OPEN = """
+import sys
+from pathlib import Path
+from aibatch.jobs.checkpoint import Checkpoint
+with Checkpoint(Path(sys.argv[1])):
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+
+Rows = list[tuple[str, str | None]]
+"""One run's rows as (row id, prompt); a None prompt is a skipped row."""
+
+
+def ask(prompt: str, model: str = MODEL) -> ChatRequest:
+    return ChatRequest(messages=(Message("user", prompt),), model=model)
+
+
+def keyed(rows: Rows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row keys, request hashes and the skipped mask, computed as the engine does."""
+    keys, hashes, skipped = [], [], []
+    for row_id, prompt in rows:
+        if prompt is None:
+            keys.append(0)
+            hashes.append(0)
+            skipped.append(True)
+        else:
+            h = request_hash(ask(prompt), SERVICE)
+            keys.append(row_key(row_id, h))
+            hashes.append(h)
+            skipped.append(False)
+    return np.array(keys, np.uint64), np.array(hashes, np.uint64), np.array(skipped, bool)
+
+
+def finished(
+    row: int,
+    row_id: str,
+    prompt: str,
+    *,
+    ok: bool = True,
+    response: str | None = None,
+) -> RowResult:
+    h = request_hash(ask(prompt), SERVICE)
+    return RowResult(
+        row=row,
+        row_key=row_key(row_id, h),
+        request_hash=h,
+        sent_prompt=prompt,
+        status=RowStatus.OK if ok else RowStatus.ERROR,
+        response=(response or f"answer to {prompt}") if ok else None,
+        error_type=None if ok else "TransientError",
+        error=None if ok else "503 from the service",
+        http_status=200 if ok else 503,
+        attempts=1 if ok else 5,
+        latency_ms=12.5,
+        ttfb_ms=3.0,
+        started_at=STARTED,
+        finished_at=STARTED + 1.5,
+    )
+
+
+def plan_for(checkpoint: Checkpoint, rows: Rows, **options: bool) -> Plan:
+    return checkpoint.plan(*keyed(rows), **options)
+
+
+def column(table: pa.Table, name: str) -> list[object]:
+    return table.column(name).to_pylist()
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    return checkpoint_dir(tmp_path / "out.parquet")
+
+
+def store(folder: Path, *parts: list[RowResult]) -> None:
+    """One earlier run that stored ``parts``, one write_part each."""
+    with Checkpoint(folder) as checkpoint:
+        for part in parts:
+            checkpoint.write_part(part)
+
+
+def part_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in (folder / "parts").iterdir())
+
+
+# the folder
+
+
+def test_the_checkpoint_folder_is_a_hidden_folder_beside_the_output():
+    assert checkpoint_dir(Path("out/x.parquet")) == Path("out/.x.parquet.aibatch")
+
+
+def test_a_new_checkpoint_stores_nothing_and_plans_to_send_every_row(folder):
+    rows: Rows = [("0", "q0"), ("1", "q1")]
+
+    with Checkpoint(folder) as checkpoint:
+        plan = plan_for(checkpoint, rows)
+
+    assert checkpoint.stored_rows == 0
+    assert plan.loc.tolist() == [SEND, SEND]
+    assert (plan.to_send, plan.reused, plan.deduped, plan.skipped) == (2, 0, 0, 0)
+    assert not plan.complete()
+
+
+# resume
+
+
+def test_ok_rows_stored_by_one_run_are_reused_by_the_next(folder):
+    store(folder, [finished(0, "0", "q0"), finished(1, "1", "q1")])
+
+    with Checkpoint(folder) as checkpoint:
+        plan = plan_for(checkpoint, [("0", "q0"), ("1", "q1"), ("2", "q2")])
+        table = checkpoint.take(plan.loc[:2])
+
+    assert checkpoint.stored_rows == 2
+    assert plan.loc[2] == SEND
+    assert (plan.to_send, plan.reused) == (1, 2)
+    assert column(table, "response") == ["answer to q0", "answer to q1"]
+
+
+def test_a_stored_row_comes_back_with_every_field(folder):
+    store(folder, [finished(0, "0", "q0"), finished(1, "1", "q1", ok=False)])
+
+    with Checkpoint(folder) as checkpoint:
+        plan = plan_for(checkpoint, [("0", "q0"), ("1", "q1")], retry_failed=False)
+        table = checkpoint.take(plan.loc)
+
+    assert table.schema == RECORD_SCHEMA
+    ok, failed = table.to_pylist()
+    assert ok["sent_prompt"] == "q0"
+    assert (ok["status"], ok["http_status"], ok["attempts"]) == ("ok", 200, 1)
+    assert (ok["latency_ms"], ok["ttfb_ms"]) == (12.5, 3.0)
+    assert ok["started_at"] == datetime.fromtimestamp(STARTED, UTC)
+    assert ok["finished_at"] == datetime.fromtimestamp(STARTED + 1.5, UTC)
+    assert (failed["status"], failed["response"]) == ("error", None)
+    assert (failed["error_type"], failed["error"]) == ("TransientError", "503 from the service")
+
+
+def test_failed_rows_are_sent_again(folder):
+    store(folder, [finished(0, "0", "q0"), finished(1, "1", "q1", ok=False)])
+
+    with Checkpoint(folder) as checkpoint:
+        plan = plan_for(checkpoint, [("0", "q0"), ("1", "q1")])
+
+    assert plan.loc[1] == SEND
+    assert (plan.to_send, plan.reused) == (1, 1)
+
+
+def test_failed_rows_are_kept_when_retry_failed_is_off(folder):
+    store(folder, [finished(0, "0", "q0", ok=False)])
+
+    with Checkpoint(folder) as checkpoint:
+        plan = plan_for(checkpoint, [("0", "q0")], retry_failed=False)
+        table = checkpoint.take(plan.loc)
+
+    assert (plan.to_send, plan.reused) == (0, 1)
+    assert column(table, "status") == ["error"]
+
+
+def test_a_newer_ok_record_wins_over_an_older_failed_one(folder):
+    store(folder, [finished(0, "0", "q0", ok=False)], [finished(0, "0", "q0")])
+
+    with Checkpoint(folder) as checkpoint:
+        plan = plan_for(checkpoint, [("0", "q0")], retry_failed=False)
+        table = checkpoint.take(plan.loc)
+
+    assert checkpoint.stored_rows == 2
+    assert column(table, "status") == ["ok"]
+
+
+def test_an_ok_record_is_kept_over_a_newer_failed_one(folder):
+    store(folder, [finished(0, "0", "q0")], [finished(0, "0", "q0", ok=False)])
+
+    with Checkpoint(folder) as checkpoint:
+        plan = plan_for(checkpoint, [("0", "q0")], retry_failed=False)
+        table = checkpoint.take(plan.loc)
+
+    assert column(table, "status") == ["ok"]
+
+
+def test_of_two_ok_records_the_newer_wins(folder):
+    store(
+        folder,
+        [finished(0, "0", "q0", response="old")],
+        [finished(0, "0", "q0", response="new")],
+    )
+
+    with Checkpoint(folder) as checkpoint:
+        table = checkpoint.take(plan_for(checkpoint, [("0", "q0")]).loc)
+
+    assert column(table, "response") == ["new"]
+
+
+def test_a_row_whose_prompt_changed_is_sent_again(folder):
+    store(folder, [finished(0, "0", "old question")])
+
+    with Checkpoint(folder) as checkpoint:
+        plan = plan_for(checkpoint, [("0", "new question")])
+
+    assert plan.loc.tolist() == [SEND]
+
+
+def test_stored_rows_count_every_part(folder):
+    store(folder, [finished(0, "0", "q0")], [finished(1, "1", "q1"), finished(2, "2", "q2")])
+
+    with Checkpoint(folder) as checkpoint:
+        assert checkpoint.stored_rows == 3
+
+
+def test_rows_written_in_this_run_can_be_taken_at_once(folder):
+    with Checkpoint(folder) as checkpoint:
+        locs = checkpoint.write_part([finished(0, "0", "q0"), finished(1, "1", "q1")])
+        table = checkpoint.take(locs[::-1])
+
+    assert column(table, "response") == ["answer to q1", "answer to q0"]
+
+
+# dedupe
+
+
+def test_a_request_answered_in_an_earlier_run_is_reused_for_another_id(folder):
+    store(folder, [finished(0, "a", "same question")])
+
+    with Checkpoint(folder) as checkpoint:
+        plan = plan_for(checkpoint, [("b", "same question"), ("c", "same question")])
+        table = checkpoint.take(plan.loc)
+
+    assert (plan.to_send, plan.reused, plan.deduped) == (0, 2, 0)
+    assert column(table, "response") == ["answer to same question"] * 2
+
+
+def test_dedupe_off_sends_a_request_answered_for_another_id(folder):
+    store(folder, [finished(0, "a", "same question")])
+
+    with Checkpoint(folder) as checkpoint:
+        plan = plan_for(checkpoint, [("b", "same question")], dedupe=False)
+
+    assert plan.loc.tolist() == [SEND]
+
+
+def test_a_failed_answer_is_never_shared_with_another_id(folder):
+    store(folder, [finished(0, "a", "same question", ok=False)])
+
+    with Checkpoint(folder) as checkpoint:
+        plan = plan_for(checkpoint, [("b", "same question")], retry_failed=False)
+
+    assert plan.loc.tolist() == [SEND]
+
+
+def test_identical_requests_in_one_run_point_at_the_first_row(folder):
+    rows: Rows = [("0", "q2"), ("1", "q1"), ("2", "q1"), ("3", "q2"), ("4", "q1")]
+
+    with Checkpoint(folder) as checkpoint:
+        plan = plan_for(checkpoint, rows)
+
+    assert plan.loc.tolist() == [SEND, SEND, DUPLICATE - 1, DUPLICATE - 0, DUPLICATE - 1]
+    assert (plan.to_send, plan.deduped, plan.reused) == (2, 3, 0)
+    assert not plan.complete()
+
+
+def test_resolve_points_duplicates_at_the_stored_answer_of_their_first_row(folder):
+    rows: Rows = [("0", "q0"), ("1", "q1"), ("2", "q0"), ("3", "q0")]
+
+    with Checkpoint(folder) as checkpoint:
+        plan = plan_for(checkpoint, rows)
+        plan.loc[[0, 1]] = checkpoint.write_part([finished(0, "0", "q0"), finished(1, "1", "q1")])
+        plan.resolve()
+        table = checkpoint.take(plan.loc)
+
+    assert plan.complete()
+    assert plan.loc[2] == plan.loc[3] == plan.loc[0]
+    assert column(table, "response") == ["answer to q0", "answer to q1"] + ["answer to q0"] * 2
+
+
+def test_resolve_leaves_a_duplicate_of_an_unsent_row_unsent(folder):
+    with Checkpoint(folder) as checkpoint:
+        plan = plan_for(checkpoint, [("0", "q0"), ("1", "q0")])
+        plan.resolve()
+
+    assert plan.loc.tolist() == [SEND, SEND]
+
+
+def test_dedupe_off_sends_identical_requests_of_one_run_each(folder):
+    with Checkpoint(folder) as checkpoint:
+        plan = plan_for(checkpoint, [("0", "q"), ("1", "q")], dedupe=False)
+
+    assert plan.loc.tolist() == [SEND, SEND]
+    assert plan.deduped == 0
+
+
+# skipped rows
+
+
+def test_skipped_rows_are_planned_as_skip_and_never_deduped(folder):
+    store(folder, [finished(0, "0", "q0")])
+
+    with Checkpoint(folder) as checkpoint:
+        plan = plan_for(checkpoint, [("0", None), ("1", "q1"), ("2", None), ("3", None)])
+
+    assert plan.loc.tolist() == [SKIP, SEND, SKIP, SKIP]
+    assert (plan.skipped, plan.deduped, plan.reused, plan.to_send) == (3, 0, 0, 1)
+
+
+def test_take_returns_rows_in_the_order_asked_with_skip_as_skipped_rows(folder):
+    store(
+        folder,
+        [finished(0, "0", "q0"), finished(1, "1", "q1"), finished(2, "2", "q2")],
+        [finished(3, "3", "q3"), finished(4, "4", "q4")],
+    )
+
+    with Checkpoint(folder) as checkpoint:
+        plan = plan_for(checkpoint, [(str(i), f"q{i}") for i in range(5)])
+        locs = np.array(
+            [plan.loc[4], SKIP, plan.loc[0], plan.loc[3], SKIP, plan.loc[0], plan.loc[2]]
+        )
+        table = checkpoint.take(locs)
+
+    assert table.schema == RECORD_SCHEMA
+    assert column(table, "sent_prompt") == ["q4", None, "q0", "q3", None, "q0", "q2"]
+    assert column(table, "status") == ["ok", "skipped", "ok", "ok", "skipped", "ok", "ok"]
+    assert column(table, "attempts") == [1, 0, 1, 1, 0, 1, 1]
+    assert column(table, "response")[1] is None
+
+
+def test_take_of_only_skipped_rows_gives_skipped_rows(folder):
+    with Checkpoint(folder) as checkpoint:
+        table = checkpoint.take(np.array([SKIP, SKIP]))
+
+    assert column(table, "status") == ["skipped", "skipped"]
+
+
+def test_take_of_no_rows_is_an_empty_table_of_the_record_schema(folder):
+    with Checkpoint(folder) as checkpoint:
+        table = checkpoint.take(np.empty(0, np.int64))
+
+    assert table.num_rows == 0
+    assert table.schema == RECORD_SCHEMA
+
+
+# damaged parts
+
+
+def test_a_leftover_temporary_part_is_removed_on_open(folder):
+    store(folder, [finished(0, "0", "q0")])
+    (folder / "parts" / "00000002.arrow.tmp").write_bytes(b"half a part")
+
+    with Checkpoint(folder) as checkpoint:
+        plan = plan_for(checkpoint, [("0", "q0")])
+
+    assert part_files(folder) == ["00000001.arrow"]
+    assert checkpoint.stored_rows == 1
+    assert plan.reused == 1
+
+
+def test_a_truncated_part_is_set_aside_and_its_rows_sent_again(folder):
+    store(folder, [finished(0, "0", "q0")], [finished(1, "1", "q1")])
+    torn = folder / "parts" / "00000002.arrow"
+    torn.write_bytes(torn.read_bytes()[: torn.stat().st_size // 2])
+
+    with Checkpoint(folder) as checkpoint:
+        plan = plan_for(checkpoint, [("0", "q0"), ("1", "q1")])
+        new_locs = checkpoint.write_part([finished(1, "1", "q1")])
+
+    assert checkpoint.stored_rows == 1
+    assert plan.loc[1] == SEND
+    assert plan.reused == 1
+    # The next part is numbered past the damaged one, which stays for inspection.
+    assert int(new_locs[0]) >> 32 == 3
+    assert part_files(folder) == [
+        "00000001.arrow",
+        "00000002.arrow.unreadable",
+        "00000003.arrow",
+    ]
+
+
+@pytest.mark.parametrize("content", [b"", b"not an arrow file at all"])
+def test_a_part_that_is_not_arrow_is_set_aside(folder, content):
+    store(folder, [finished(0, "0", "q0")])
+    (folder / "parts" / "00000002.arrow").write_bytes(content)
+
+    with Checkpoint(folder) as checkpoint:
+        assert checkpoint.stored_rows == 1
+
+    assert part_files(folder) == ["00000001.arrow", "00000002.arrow.unreadable"]
+
+
+def test_a_part_with_other_columns_is_set_aside(folder):
+    store(folder, [finished(0, "0", "q0")])
+    stranger = pa.table({"x": [1, 2]})
+    with (
+        pa.OSFile(str(folder / "parts" / "00000002.arrow"), "wb") as sink,
+        pa.ipc.new_file(sink, stranger.schema) as writer,
+    ):
+        writer.write_table(stranger)
+
+    with Checkpoint(folder) as checkpoint:
+        assert checkpoint.stored_rows == 1
+
+    assert "00000002.arrow.unreadable" in part_files(folder)
+
+
+def test_files_that_are_not_parts_are_left_alone(folder):
+    store(folder, [finished(0, "0", "q0")])
+    (folder / "parts" / "notes.txt").write_text("mine")
+    (folder / "parts" / "old.arrow").write_text("mine too")
+
+    with Checkpoint(folder) as checkpoint:
+        assert checkpoint.stored_rows == 1
+
+    assert part_files(folder) == ["00000001.arrow", "notes.txt", "old.arrow"]
+
+
+# restart
+
+
+def test_restart_discards_every_stored_part(folder):
+    store(folder, [finished(0, "0", "q0")], [finished(1, "1", "q1")])
+
+    with Checkpoint(folder, restart=True) as checkpoint:
+        plan = plan_for(checkpoint, [("0", "q0"), ("1", "q1")])
+        locs = checkpoint.write_part([finished(0, "0", "q0")])
+
+    assert checkpoint.stored_rows == 0
+    assert plan.loc.tolist() == [SEND, SEND]
+    assert int(locs[0]) >> 32 == 1
+    assert part_files(folder) == ["00000001.arrow"]
+
+
+# the lock
+
+
+def test_a_second_checkpoint_on_an_open_folder_raises_naming_the_holder(folder):
+    with Checkpoint(folder), pytest.raises(CheckpointError) as caught, Checkpoint(folder):
+        pass
+
+    message = str(caught.value)
+    assert f"pid {os.getpid()}" in message
+    assert str(folder / "lock") in message
+
+
+def test_a_refused_second_checkpoint_leaves_the_first_holding_the_lock(folder):
+    with Checkpoint(folder):
+        for _ in range(2):
+            with pytest.raises(CheckpointError), Checkpoint(folder):
+                pass
+
+
+def test_the_lock_is_released_when_the_checkpoint_closes(folder):
+    store(folder, [finished(0, "0", "q0")])
+
+    with Checkpoint(folder) as checkpoint:
+        assert checkpoint.stored_rows == 1
+
+
+@pytest.mark.slow
+def test_another_process_cannot_open_a_checkpoint_this_one_holds(folder):
+    with Checkpoint(folder):
+        child = subprocess.run(
+            [sys.executable, "-c", TRY_TO_OPEN, str(folder)],
+            capture_output=True,
+            text=True,
+            timeout=SUBPROCESS_TIMEOUT,
+            check=True,
+        )
+
+    assert child.stdout.startswith("CheckpointError: another aibatch run")
+
+
+@pytest.mark.slow
+def test_a_killed_holder_releases_the_lock(folder):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_OPEN, str(folder)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "locked\n"
+        with pytest.raises(CheckpointError, match=f"pid {holder.pid}"), Checkpoint(folder):
+            pass
+    finally:
+        holder.kill()
+        holder.communicate(timeout=SUBPROCESS_TIMEOUT)
+
+    with Checkpoint(folder) as checkpoint:
+        assert checkpoint.stored_rows == 0
+
+
+# hashes
+
+
+def test_request_hash_and_row_key_do_not_change_between_versions():
+    # Stored checkpoints depend on these values: a change re-sends every stored row.
+    request = ChatRequest(
+        messages=(Message("system", "Be brief."), Message("user", "Hello")), model="gpt-4o-mini"
+    )
+
+    h = request_hash(request, "aichatonline")
+
+    assert h == 7175842264823462069
+    assert row_key("42", h) == 10249994248989067586
+
+
+def test_equal_requests_hash_equal_and_fit_in_64_bits():
+    first = request_hash(ask("same"), SERVICE)
+    second = request_hash(ask("same"), SERVICE)
+
+    assert first == second
+    assert 0 <= first < 2**64
+    assert 0 <= row_key("1", first) < 2**64
+    assert row_key("1", first) == row_key("1", second)
+
+
+@pytest.mark.parametrize(
+    ("other", "service"),
+    [
+        (ask("q", model="other-model"), SERVICE),
+        (ask("q "), SERVICE),
+        (ChatRequest(messages=(Message("system", "q"),), model=MODEL), SERVICE),
+        (ChatRequest(messages=(Message("system", ""), Message("user", "q")), model=MODEL), SERVICE),
+        (ChatRequest(messages=(Message("user", "q"),), model=MODEL, options=(("t", 1),)), SERVICE),
+        (ask("q"), "aichatonline+emulator"),
+    ],
+    ids=["model", "content", "role", "messages", "options", "service"],
+)
+def test_request_hash_differs_when_any_part_of_the_request_differs(other, service):
+    assert request_hash(other, service) != request_hash(ask("q"), SERVICE)
+
+
+def test_request_hash_does_not_confuse_where_one_message_ends_and_the_next_begins():
+    split_early = ChatRequest(messages=(Message("user", "a"), Message("user", "bc")), model=MODEL)
+    split_late = ChatRequest(messages=(Message("user", "ab"), Message("user", "c")), model=MODEL)
+
+    assert request_hash(split_early, SERVICE) != request_hash(split_late, SERVICE)
+
+
+def test_row_key_differs_by_id_and_by_request():
+    h = request_hash(ask("q"), SERVICE)
+    other = request_hash(ask("r"), SERVICE)
+
+    assert row_key("1", h) != row_key("2", h)
+    assert row_key("1", h) != row_key("1", other)
+    assert row_key("1", h) != row_key("11", h)
+
+
+def test_request_hash_accepts_text_with_lone_surrogates():
+    assert request_hash(ask("bad \udc80 byte"), SERVICE) != request_hash(ask("bad"), SERVICE)
+
+
+# write failures
+
+
+def test_a_part_that_cannot_be_written_is_an_output_error_saying_how_to_resume(folder):
+    with Checkpoint(folder) as checkpoint:
+        # The parts folder becomes a plain file, so no part can be created in it.
+        shutil.rmtree(checkpoint.parts_dir)
+        checkpoint.parts_dir.write_bytes(b"")
+
+        with pytest.raises(OutputError) as caught:
+            checkpoint.write_part([finished(0, "0", "q0")])
+
+    message = str(caught.value)
+    assert "00000001.arrow" in message
+    assert "re-run the same command" in message
+
+
+def test_a_checkpoint_folder_that_cannot_be_made_is_an_output_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+
+    with (
+        pytest.raises(OutputError, match="cannot create checkpoint folder"),
+        Checkpoint(checkpoint_dir(blocker / "out.parquet")),
+    ):
+        pass
