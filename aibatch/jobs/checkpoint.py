@@ -29,6 +29,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -47,6 +48,7 @@ __all__ = [
     "Checkpoint",
     "Plan",
     "checkpoint_dir",
+    "open_private",
     "request_hash",
     "row_key",
 ]
@@ -76,6 +78,8 @@ DUPLICATE = -3  # loc = DUPLICATE - primary_row: same request as an earlier row 
 _OFFSET_BITS = 32
 _OFFSET_MASK = (1 << _OFFSET_BITS) - 1
 _PART_CACHE = 32
+FILE_MODE = 0o664  # less the user's umask: never writable by everyone
+DIR_MODE = 0o775
 
 
 def _digest(data: bytes) -> int:
@@ -99,6 +103,11 @@ def row_key(row_id: str, request: int) -> int:
 def checkpoint_dir(output: Path) -> Path:
     """The checkpoint folder that belongs to ``output``."""
     return output.with_name(f".{output.name}.aibatch")
+
+
+def open_private(path: Path) -> BinaryIO:
+    """Create ``path`` for writing with the user's umask, but never world-writable."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE), "wb")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -199,7 +208,8 @@ class Checkpoint:
 
     def __enter__(self) -> Checkpoint:
         try:
-            self.parts_dir.mkdir(parents=True, exist_ok=True)
+            self.directory.mkdir(mode=DIR_MODE, exist_ok=True)
+            self.parts_dir.mkdir(mode=DIR_MODE, exist_ok=True)
         except OSError as exc:
             raise OutputError(
                 f"cannot create checkpoint folder {self.directory}: {exc.strerror or exc}"
@@ -208,7 +218,7 @@ class Checkpoint:
         try:
             if self.restart:
                 shutil.rmtree(self.parts_dir)
-                self.parts_dir.mkdir()
+                self.parts_dir.mkdir(mode=DIR_MODE)
             self._load()
         except BaseException:
             self.close()
@@ -226,7 +236,7 @@ class Checkpoint:
 
     def _lock(self) -> None:
         path = self.directory / "lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -332,7 +342,7 @@ class Checkpoint:
         final = self.parts_dir / f"{number:08d}.arrow"
         temp = final.with_name(f"{final.name}.tmp")
         try:
-            with open(temp, "wb") as handle:
+            with open_private(temp) as handle:
                 with pa.ipc.new_file(handle, PART_SCHEMA) as writer:
                     writer.write_table(table)
                 handle.flush()

@@ -164,6 +164,7 @@ class Emulator:
         self.stats = EmulatorStats()
         self._rng = random.Random(self.faults.seed)
         self._tokens: dict[str, _TokenState] = {}
+        self._issued: list[str] = []
         self._runner: web.AppRunner | None = None
         self.base_url = ""
 
@@ -210,8 +211,8 @@ class Emulator:
         await self.stop()
 
     def issued_tokens(self) -> list[str]:
-        """Tokens handed out and not yet expired (for tests that search for leaks)."""
-        return list(self._tokens)
+        """Every token this emulator ever handed out (for tests that search for leaks)."""
+        return list(self._issued)
 
     # handlers
 
@@ -219,6 +220,7 @@ class Emulator:
         self.stats.token_requests += 1
         token = secrets.token_hex(16)
         self._tokens[token] = _TokenState(born=time.monotonic())
+        self._issued.append(token)
         return web.json_response({"code": 200, "data": token, "message": "success"})
 
     async def _stats(self, request: web.Request) -> web.Response:

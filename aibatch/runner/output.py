@@ -14,13 +14,13 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import OutputError, UsageError
-from ..jobs.checkpoint import RECORD_SCHEMA
+from ..jobs.checkpoint import RECORD_SCHEMA, open_private
 
 __all__ = ["OUTPUT_SCHEMA", "OutputWriter", "assemble", "check_output", "output_schema"]
 
@@ -96,11 +96,13 @@ class OutputWriter:
         self.schema = schema
         self.temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         self._writer: pq.ParquetWriter | None = None
+        self._file: BinaryIO | None = None
         self.rows = 0
 
     def __enter__(self) -> OutputWriter:
         try:
-            self._writer = pq.ParquetWriter(self.temp, self.schema, compression="zstd")
+            self._file = open_private(self.temp)
+            self._writer = pq.ParquetWriter(self._file, self.schema, compression="zstd")
         except OSError as exc:
             raise OutputError(f"cannot write {self.temp}: {exc}") from exc
         return self
@@ -123,8 +125,10 @@ class OutputWriter:
             )
             self._writer.close()
             self._writer = None
-            with open(self.temp, "rb+") as handle:
-                os.fsync(handle.fileno())
+            assert self._file is not None
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
             os.replace(self.temp, self.path)
             folder = os.open(self.path.parent, os.O_RDONLY)
             try:
@@ -144,6 +148,8 @@ class OutputWriter:
             with contextlib.suppress(Exception):
                 self._writer.close()
             self._writer = None
+        if self._file is not None:
+            self._file.close()
         with contextlib.suppress(OSError):
             self.temp.unlink()
 
