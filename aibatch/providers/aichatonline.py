@@ -25,6 +25,7 @@ from .base import (
     StreamInfo,
     response_error,
     split_lines,
+    timeout_error,
 )
 from .helpers import format_prompt, get_random_string
 from .tokens import Token, TokenManager
@@ -90,6 +91,7 @@ class AiChatOnline(AsyncGeneratorProvider, ProviderModelMixin):
             "Sec-Fetch-Mode": "cors",
             "Sec-Fetch-Site": "same-origin",
         }
+        self._chat_url = f"{self.base_url}{self.api_endpoint}"
 
     @property
     def stats(self) -> dict[str, int]:
@@ -114,12 +116,15 @@ class AiChatOnline(AsyncGeneratorProvider, ProviderModelMixin):
                 params={"canvas": f"-{get_random_string()}"},
                 headers=self.headers,
                 proxy=proxy,
+                timeout=self.request_timeout,
             ) as response:
                 if response.status >= 400:
                     raise await response_error(response, "token request (getUniqueId)")
                 payload = await response.json()
         except aiohttp.ContentTypeError as exc:
             raise TransientError("token request (getUniqueId) did not answer JSON") from exc
+        except TimeoutError as exc:
+            raise timeout_error(self.timeout, None) from exc
         except (aiohttp.ClientError, json.JSONDecodeError) as exc:
             raise TransientError(f"token request (getUniqueId) failed: {exc}") from exc
         token = payload.get("data") if isinstance(payload, dict) else None
@@ -167,21 +172,28 @@ class AiChatOnline(AsyncGeneratorProvider, ProviderModelMixin):
         self, prompt: str, token: Token, proxy: str | None, info: StreamInfo
     ) -> AsyncGenerator[str, None]:
         """Send one chat request and yield its decoded deltas: the only place that does."""
-        body = {"conversationId": get_random_string(), "prompt": prompt}
+        body = json.dumps({"conversationId": get_random_string(), "prompt": prompt}).encode()
         headers = {**self.headers, "UniqueId": token.value}
         try:
             async with self.session.post(
-                f"{self.base_url}{self.api_endpoint}", json=body, headers=headers, proxy=proxy
+                self._chat_url,
+                data=body,
+                headers=headers,
+                proxy=proxy,
+                timeout=self.request_timeout,
             ) as response:
                 info.http_status = response.status
                 if response.status >= 400:
                     raise await response_error(response, "chat request", secret=token.value)
-                async for line in split_lines(response.content):
-                    message = _decode_line(line)
-                    if message is _GARBAGE:
-                        info.garbage_lines += 1
-                    elif message:
-                        yield message  # type: ignore[misc]
+                pending = b""
+                async for data in response.content.iter_any():
+                    lines, pending = split_lines(pending, data)
+                    for message in _messages(lines, info):
+                        yield message
+                for message in _messages([pending], info):
+                    yield message
+        except TimeoutError as exc:  # before ClientError: ServerTimeoutError is both
+            raise timeout_error(self.timeout, info.http_status) from exc
         except aiohttp.ClientPayloadError as exc:
             raise TransientError(
                 "stream cut before it ended", http_status=info.http_status
@@ -193,6 +205,18 @@ class AiChatOnline(AsyncGeneratorProvider, ProviderModelMixin):
 
 
 _GARBAGE = object()
+
+
+def _messages(lines: list[bytes], info: StreamInfo) -> list[str]:
+    """The non-empty text deltas in ``lines``; undecodable lines are counted in ``info``."""
+    out = []
+    for line in lines:
+        message = _decode_line(line)
+        if message is _GARBAGE:
+            info.garbage_lines += 1
+        elif message:
+            out.append(message)
+    return out  # type: ignore[return-value]
 
 
 def _decode_line(line: bytes) -> object:

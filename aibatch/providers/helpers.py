@@ -69,5 +69,14 @@ def format_prompt(
 
 
 def get_random_string(length: int = 10) -> str:
-    """Return ``length`` characters drawn uniformly from ``a-z0-9``."""
-    return "".join(random.choices(_ALPHABET, k=length))
+    """Return ``length`` characters drawn uniformly from ``a-z0-9``.
+
+    One uniform draw below ``36 ** length`` written in base 36 is the same as drawing
+    each character uniformly, and several times cheaper than a draw per character.
+    """
+    number = random.randrange(36**length)
+    chars = []
+    for _ in range(length):
+        number, digit = divmod(number, 36)
+        chars.append(_ALPHABET[digit])
+    return "".join(chars)

@@ -230,7 +230,7 @@ async def test_chat_body_is_a_random_conversation_id_and_the_formatted_prompt(se
     await complete(provider, request)
     await complete(provider, request)
 
-    bodies = [kwargs["json"] for _, kwargs in service.chat_calls]
+    bodies = [json.loads(kwargs["data"]) for _, kwargs in service.chat_calls]
     for body in bodies:
         assert set(body) == {"conversationId", "prompt"}
         assert RANDOM_10.fullmatch(body["conversationId"])
@@ -248,7 +248,7 @@ async def test_a_single_message_is_sent_as_its_content(service, provider):
     await complete(provider, ask("  just this \n"))
 
     [(_, kwargs)] = service.chat_calls
-    assert kwargs["json"]["prompt"] == "  just this \n"
+    assert json.loads(kwargs["data"])["prompt"] == "  just this \n"
 
 
 async def test_render_shows_the_prompt_that_is_sent(provider):
