@@ -12,17 +12,20 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar
 
 import aiohttp
 
 from ..errors import TokenRejected, TransientError
-from ..types import ChatRequest
+from ..types import ChatRequest, Completion
 from .base import (
     AsyncGeneratorProvider,
     ProviderModelMixin,
     StreamInfo,
+    completion,
     response_error,
     split_lines,
     timeout_error,
@@ -163,28 +166,59 @@ class AiChatOnline(AsyncGeneratorProvider, ProviderModelMixin):
                     yield chunk
                 return
             except TokenRejected:
-                self.tokens.reject(token)
-                if attempt == self.token_retries:
+                if not self._replace_token(token, attempt):
                     raise
-                log.debug("token rejected; fetching a new one")
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        """Send ``request`` once and return the whole answer.
+
+        The same request and token handling as :meth:`create_async_generator`, but the
+        body is read whole instead of chunk by chunk through generators: the engine
+        only needs the answer, and this is its hot path.
+
+        Raises:
+            ProviderError: a subclass saying whether retrying can help.
+        """
+        self.get_model(request.model)
+        info = StreamInfo()
+        prompt = format_prompt(request.message_dicts)
+        start = time.perf_counter()
+        for attempt in range(self.token_retries + 1):
+            token = await self.tokens.get()
+            try:
+                body, first_at = await self._read_response(prompt, token, self.proxy, info)
+                break
+            except TokenRejected:
+                if not self._replace_token(token, attempt):
+                    raise
+        return completion(_messages(body.split(b"\n"), info), (first_at - start) * 1000.0, info)
+
+    def _replace_token(self, token: Token, attempt: int) -> bool:
+        """Drop a rejected token; whether another may be tried in this call."""
+        self.tokens.reject(token)
+        log.debug("token rejected (try %d of %d)", attempt + 1, self.token_retries + 1)
+        return attempt < self.token_retries
+
+    def _post_chat(
+        self, prompt: str, token: Token, proxy: str | None
+    ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        """Send one chat request: the only place that does."""
+        body = json.dumps({"conversationId": get_random_string(), "prompt": prompt}).encode()
+        return self.session.post(
+            self._chat_url,
+            data=body,
+            headers={**self.headers, "UniqueId": token.value},
+            proxy=proxy,
+            timeout=self.request_timeout,
+        )
 
     async def _get_response(
         self, prompt: str, token: Token, proxy: str | None, info: StreamInfo
     ) -> AsyncGenerator[str, None]:
-        """Send one chat request and yield its decoded deltas: the only place that does."""
-        body = json.dumps({"conversationId": get_random_string(), "prompt": prompt}).encode()
-        headers = {**self.headers, "UniqueId": token.value}
-        try:
-            async with self.session.post(
-                self._chat_url,
-                data=body,
-                headers=headers,
-                proxy=proxy,
-                timeout=self.request_timeout,
-            ) as response:
-                info.http_status = response.status
-                if response.status >= 400:
-                    raise await response_error(response, "chat request", secret=token.value)
+        """Send one chat request and yield its decoded deltas as they arrive."""
+        with _ChatErrors(self.timeout, info):
+            async with self._post_chat(prompt, token, proxy) as response:
+                await _check_status(response, token, info)
                 pending = b""
                 async for data in response.content.iter_any():
                     lines, pending = split_lines(pending, data)
@@ -192,15 +226,48 @@ class AiChatOnline(AsyncGeneratorProvider, ProviderModelMixin):
                         yield message
                 for message in _messages([pending], info):
                     yield message
-        except TimeoutError as exc:  # before ClientError: ServerTimeoutError is both
-            raise timeout_error(self.timeout, info.http_status) from exc
-        except aiohttp.ClientPayloadError as exc:
+
+    async def _read_response(
+        self, prompt: str, token: Token, proxy: str | None, info: StreamInfo
+    ) -> tuple[bytes, float]:
+        """Send one chat request; return its whole body and when its first bytes came."""
+        with _ChatErrors(self.timeout, info):
+            async with self._post_chat(prompt, token, proxy) as response:
+                await _check_status(response, token, info)
+                first = await response.content.readany()
+                first_at = time.perf_counter()
+                return first + await response.content.read(), first_at
+
+
+async def _check_status(response: aiohttp.ClientResponse, token: Token, info: StreamInfo) -> None:
+    info.http_status = response.status
+    if response.status >= 400:
+        raise await response_error(response, "chat request", secret=token.value)
+
+
+class _ChatErrors:
+    """Translates aiohttp's and the clock's errors during a chat request into ours."""
+
+    __slots__ = ("info", "timeout")
+
+    def __init__(self, timeout: float | None, info: StreamInfo) -> None:
+        self.timeout = timeout
+        self.info = info
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        status = self.info.http_status
+        if isinstance(exc, TimeoutError):  # before ClientError: ServerTimeoutError is both
+            raise timeout_error(self.timeout, status) from exc
+        if isinstance(exc, aiohttp.ClientPayloadError):
+            raise TransientError("stream cut before it ended", http_status=status) from exc
+        if isinstance(exc, aiohttp.ClientError):
             raise TransientError(
-                "stream cut before it ended", http_status=info.http_status
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise TransientError(
-                f"connection failed: {type(exc).__name__}: {exc}", http_status=info.http_status
+                f"connection failed: {type(exc).__name__}: {exc}", http_status=status
             ) from exc
 
 

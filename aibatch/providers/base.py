@@ -33,6 +33,7 @@ __all__ = [
     "AsyncGeneratorProvider",
     "ProviderModelMixin",
     "StreamInfo",
+    "completion",
     "parse_retry_after",
     "response_error",
     "split_lines",
@@ -182,16 +183,22 @@ class AsyncGeneratorProvider:
                 if ttfb is None:
                     ttfb = (time.perf_counter() - start) * 1000.0
                 chunks.append(chunk)
-        text = "".join(chunks)
-        if not text:
-            detail = f" ({info.garbage_lines} undecodable lines)" if info.garbage_lines else ""
-            raise TransientError(f"empty answer{detail}", http_status=info.http_status)
-        return Completion(
-            text=text,
-            ttfb_ms=ttfb,
-            http_status=info.http_status,
-            garbage_lines=info.garbage_lines,
-        )
+        return completion(chunks, ttfb, info)
+
+
+def completion(chunks: list[str], ttfb_ms: float | None, info: StreamInfo) -> Completion:
+    """The answer made of ``chunks``.
+
+    Raises:
+        TransientError: the answer is empty (a stream of blanks or garbage is no answer).
+    """
+    text = "".join(chunks)
+    if not text:
+        detail = f" ({info.garbage_lines} undecodable lines)" if info.garbage_lines else ""
+        raise TransientError(f"empty answer{detail}", http_status=info.http_status)
+    return Completion(
+        text=text, ttfb_ms=ttfb_ms, http_status=info.http_status, garbage_lines=info.garbage_lines
+    )
 
 
 def parse_retry_after(value: str | None) -> float | None:
