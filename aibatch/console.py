@@ -106,7 +106,10 @@ def summary_text(summary: Summary) -> str:
         f"sent {s.sent} rows in {s.requests} requests, reused {s.reused}, duplicates {s.deduped},"
         f" token requests {s.token_requests}"
     )
-    lines.append(f"{s.wall_s:.1f} s, {s.rows_per_s:.1f} rows/s, {lat}")
+    lines.append(f"{s.wall_s:.1f} s, {s.rows_per_s:.1f} rows/s, {lat}, concurrency {s.concurrency}")
+    if s.prompt_tokens or s.completion_tokens:
+        cut = f", {s.truncated} answers cut at the length limit" if s.truncated else ""
+        lines.append(f"tokens: {s.prompt_tokens} prompt, {s.completion_tokens} completion{cut}")
     if s.errors_by_type:
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(s.errors_by_type.items()))
         lines.append(f"errors: {kinds}")

@@ -12,6 +12,7 @@ Every error aibatch raises on purpose is an :class:`AibatchError`::
     │   │   ├── RateLimited   429: .retry_after
     │   │   └── TokenRejected 401/403: refresh the token, then retry
     │   └── PermanentError    other 4xx: retrying cannot help
+    │       └── Unauthorized  the service refused the credentials: the run stops
     ├── CheckpointError       lock held by another run, unreadable state
     └── OutputError           output not writable, column clash, disk full
 
@@ -35,6 +36,7 @@ __all__ = [
     "RateLimited",
     "TokenRejected",
     "TransientError",
+    "Unauthorized",
     "UnknownModelError",
     "UnknownProviderError",
     "UsageError",
@@ -136,6 +138,10 @@ class TokenRejected(TransientError):
 
 class PermanentError(ProviderError):
     """A failure that retrying cannot fix: a 4xx other than 401, 403, 408 and 429."""
+
+
+class Unauthorized(PermanentError):
+    """The service refused the API key: every row would fail, so the run stops early."""
 
 
 class CheckpointError(AibatchError):

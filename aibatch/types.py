@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,12 +48,18 @@ class Completion:
         ttfb_ms: milliseconds from sending to the first text chunk.
         http_status: the HTTP status of the answer.
         garbage_lines: lines of the stream that could not be decoded.
+        prompt_tokens: tokens of the request, where the provider reports them.
+        completion_tokens: tokens of the answer, where the provider reports them.
+        finish_reason: why the answer ended (``stop``, ``length``...), where reported.
     """
 
     text: str
     ttfb_ms: float | None = None
     http_status: int | None = 200
     garbage_lines: int = 0
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
 
 
 class RowStatus(enum.StrEnum):
@@ -82,4 +88,6 @@ class RowResult:
     ttfb_ms: float | None = None
     started_at: float = 0.0
     finished_at: float = 0.0
-    garbage_lines: int = field(default=0, repr=False)
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None

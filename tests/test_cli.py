@@ -73,6 +73,9 @@ def test_output_schema_has_proper_arrow_types(tmp_path: Path, live_emulator: Emu
         "ttfb_ms",
         "started_at",
         "finished_at",
+        "prompt_tokens",
+        "completion_tokens",
+        "finish_reason",
         "model",
         "provider",
     ]

@@ -66,6 +66,9 @@ RECORD_SCHEMA = pa.schema(
         ("ttfb_ms", pa.float64()),
         ("started_at", pa.timestamp("us", tz="UTC")),
         ("finished_at", pa.timestamp("us", tz="UTC")),
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+        ("finish_reason", pa.string()),
     ]
 )
 _KEY_FIELDS = [("row_key", pa.uint64()), ("request_hash", pa.uint64()), ("row", pa.int64())]
@@ -78,6 +81,7 @@ DUPLICATE = -3  # loc = DUPLICATE - primary_row: same request as an earlier row 
 _OFFSET_BITS = 32
 _OFFSET_MASK = (1 << _OFFSET_BITS) - 1
 _PART_CACHE = 32
+_ADDED_COLUMNS = ("prompt_tokens", "completion_tokens", "finish_reason")
 FILE_MODE = 0o664  # less the user's umask: never writable by everyone
 DIR_MODE = 0o775
 
@@ -142,6 +146,9 @@ def records_table(results: Sequence[RowResult]) -> pa.Table:
         pa.array(column("ttfb_ms"), pa.float64()),
         pa.array(micros("started_at"), pa.int64()).cast(RECORD_SCHEMA.field("started_at").type),
         pa.array(micros("finished_at"), pa.int64()).cast(RECORD_SCHEMA.field("finished_at").type),
+        pa.array(column("prompt_tokens"), pa.int64()),
+        pa.array(column("completion_tokens"), pa.int64()),
+        pa.array(column("finish_reason"), pa.string()),
     ]
     return pa.Table.from_arrays(arrays, schema=PART_SCHEMA)
 
@@ -407,7 +414,14 @@ _SKIPPED_ROW = pa.Table.from_pylist(
 
 def _read_part(path: Path, columns: list[str]) -> pa.Table:
     with pa.OSFile(str(path), "rb") as handle:
-        return pa.ipc.open_file(handle).read_all().select(columns)
+        table = pa.ipc.open_file(handle).read_all()
+    # A part from an older aibatch may lack result columns added since: null, not unreadable.
+    for name in _ADDED_COLUMNS:
+        if name in columns and name not in table.column_names:
+            table = table.append_column(
+                PART_SCHEMA.field(name), pa.nulls(table.num_rows, PART_SCHEMA.field(name).type)
+            )
+    return table.select(columns)
 
 
 def _lookup(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -16,9 +16,17 @@ from typing import Any
 
 from ..errors import UsageError
 
-__all__ = ["INPUT_FORMATS", "JobSpec", "RetryPolicy", "load_job", "parse_max_failures"]
+__all__ = [
+    "INPUT_FORMATS",
+    "SAMPLING_OPTIONS",
+    "JobSpec",
+    "RetryPolicy",
+    "load_job",
+    "parse_max_failures",
+]
 
 INPUT_FORMATS = ("csv", "tsv", "jsonl", "parquet")
+SAMPLING_OPTIONS = ("max_tokens", "seed", "stop", "temperature", "top_p")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -78,7 +86,15 @@ class JobSpec:
     base_url: str | None = None
     proxy: str | None = field(default=None, repr=False)
     concurrency: int = 16
+    adaptive: bool = False
     rps: float | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] | None = None
+    stream: bool = True
+    api_key_env: str | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     timeout: float = 120.0
     limit: int | None = None
@@ -99,6 +115,20 @@ class JobSpec:
         )
         _check(1 <= self.concurrency <= 100_000, "concurrency must be between 1 and 100000")
         _check(self.rps is None or self.rps > 0, "rps must be positive")
+        _check(
+            self.temperature is None or 0 <= self.temperature <= 2,
+            "temperature must be between 0 and 2",
+        )
+        _check(self.top_p is None or 0 < self.top_p <= 1, "top_p must be in (0, 1]")
+        _check(self.max_tokens is None or self.max_tokens >= 1, "max_tokens must be >= 1")
+        _check(
+            self.stop is None or (0 < len(self.stop) <= 4 and all(self.stop)),
+            "stop takes 1 to 4 non-empty strings",
+        )
+        _check(
+            self.api_key_env is None or bool(self.api_key_env.strip()),
+            "api_key_env names an environment variable",
+        )
         _check(self.timeout > 0, "timeout must be positive")
         _check(self.limit is None or self.limit >= 0, "limit must be >= 0")
         _check(self.max_failures is None or self.max_failures >= 0, "max failures must be >= 0")
@@ -111,6 +141,14 @@ class JobSpec:
         _check(
             self.template is None or self.messages_column is None,
             "use --template or --messages-column, not both",
+        )
+
+    def sampling(self) -> tuple[tuple[str, object], ...]:
+        """The sampling options set, as sorted pairs: part of every request's identity."""
+        return tuple(
+            (name, getattr(self, name))
+            for name in SAMPLING_OPTIONS
+            if getattr(self, name) is not None
         )
 
     def replace(self, **changes: Any) -> JobSpec:
@@ -167,9 +205,8 @@ def _check_types(path: Path, cls: type, values: dict[str, Any], prefix: str) -> 
     """Refuse a job-file value whose type the field does not take, naming the key."""
     hints = typing.get_type_hints(cls)
     for key, value in values.items():
-        allowed = tuple(
-            t for t in typing.get_args(hints[key]) or (hints[key],) if isinstance(t, type)
-        )
+        kinds = [typing.get_origin(t) or t for t in typing.get_args(hints[key]) or (hints[key],)]
+        allowed = tuple(t for t in kinds if isinstance(t, type))
         if float in allowed:
             allowed += (int,)
         if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
@@ -202,6 +239,8 @@ def load_job(path: str | Path) -> dict[str, Any]:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"job file {path} is not valid TOML: {exc}") from exc
     retry = data.pop("retry", {})
+    if isinstance(data.get("stop"), list):
+        data["stop"] = tuple(data["stop"])
     if "max_failures" in data and isinstance(data["max_failures"], str):
         data.update(parse_max_failures(data.pop("max_failures")))
     unknown = sorted(set(data) - _JOB_KEYS)

@@ -23,6 +23,7 @@ from ..errors import TokenRejected, TransientError
 from ..types import ChatRequest, Completion
 from .base import (
     AsyncGeneratorProvider,
+    HttpErrors,
     ProviderModelMixin,
     StreamInfo,
     completion,
@@ -216,7 +217,7 @@ class AiChatOnline(AsyncGeneratorProvider, ProviderModelMixin):
         self, prompt: str, token: Token, proxy: str | None, info: StreamInfo
     ) -> AsyncGenerator[str, None]:
         """Send one chat request and yield its decoded deltas as they arrive."""
-        with _ChatErrors(self.timeout, info):
+        with HttpErrors(self.timeout, info):
             async with self._post_chat(prompt, token, proxy) as response:
                 await _check_status(response, token, info)
                 pending = b""
@@ -231,7 +232,7 @@ class AiChatOnline(AsyncGeneratorProvider, ProviderModelMixin):
         self, prompt: str, token: Token, proxy: str | None, info: StreamInfo
     ) -> tuple[bytes, float]:
         """Send one chat request; return its whole body and when its first bytes came."""
-        with _ChatErrors(self.timeout, info):
+        with HttpErrors(self.timeout, info):
             async with self._post_chat(prompt, token, proxy) as response:
                 await _check_status(response, token, info)
                 first = await response.content.readany()
@@ -243,32 +244,6 @@ async def _check_status(response: aiohttp.ClientResponse, token: Token, info: St
     info.http_status = response.status
     if response.status >= 400:
         raise await response_error(response, "chat request", secret=token.value)
-
-
-class _ChatErrors:
-    """Translates aiohttp's and the clock's errors during a chat request into ours."""
-
-    __slots__ = ("info", "timeout")
-
-    def __init__(self, timeout: float | None, info: StreamInfo) -> None:
-        self.timeout = timeout
-        self.info = info
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
-    ) -> None:
-        status = self.info.http_status
-        if isinstance(exc, TimeoutError):  # before ClientError: ServerTimeoutError is both
-            raise timeout_error(self.timeout, status) from exc
-        if isinstance(exc, aiohttp.ClientPayloadError):
-            raise TransientError("stream cut before it ended", http_status=status) from exc
-        if isinstance(exc, aiohttp.ClientError):
-            raise TransientError(
-                f"connection failed: {type(exc).__name__}: {exc}", http_status=status
-            ) from exc
 
 
 _GARBAGE = object()

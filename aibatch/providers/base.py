@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import math
+import re
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
@@ -31,11 +32,14 @@ from ..types import ChatRequest, Completion
 
 __all__ = [
     "AsyncGeneratorProvider",
+    "HttpErrors",
     "ProviderModelMixin",
     "StreamInfo",
     "completion",
+    "parse_duration",
     "parse_retry_after",
     "response_error",
+    "retry_after_from",
     "split_lines",
     "status_error",
     "timeout_error",
@@ -50,6 +54,9 @@ class StreamInfo:
 
     http_status: int | None = None
     garbage_lines: int = 0
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
 
 
 class ProviderModelMixin:
@@ -83,11 +90,19 @@ class AsyncGeneratorProvider:
         session: an open session to use instead of creating one (the caller closes it).
         concurrency: requests the caller will have in flight; sizes the connection pool.
         timeout: seconds one attempt may take, from sending to the last chunk.
+        api_key: the credential, for providers with an :attr:`api_key_env` (never shown).
+        stream: ask for a streamed answer (where :attr:`can_disable_stream`).
     """
 
     name: ClassVar[str] = ""
     url: ClassVar[str] = ""
     working: ClassVar[bool] = True
+    #: environment variable that holds the API key, for providers that take one
+    api_key_env: ClassVar[str | None] = None
+    #: request options (``--temperature`` and the like) the provider sends
+    sampling_options: ClassVar[frozenset[str]] = frozenset()
+    #: whether ``--no-stream`` (one plain JSON answer) is possible
+    can_disable_stream: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -97,8 +112,12 @@ class AsyncGeneratorProvider:
         session: aiohttp.ClientSession | None = None,
         concurrency: int = 16,
         timeout: float | None = DEFAULT_TIMEOUT,
+        api_key: str | None = None,
+        stream: bool = True,
     ) -> None:
         self.base_url = (base_url or self.url).rstrip("/")
+        self._api_key = api_key
+        self.stream = stream
         self.proxy = proxy
         self.concurrency = concurrency
         self.timeout = timeout
@@ -197,7 +216,13 @@ def completion(chunks: list[str], ttfb_ms: float | None, info: StreamInfo) -> Co
         detail = f" ({info.garbage_lines} undecodable lines)" if info.garbage_lines else ""
         raise TransientError(f"empty answer{detail}", http_status=info.http_status)
     return Completion(
-        text=text, ttfb_ms=ttfb_ms, http_status=info.http_status, garbage_lines=info.garbage_lines
+        text=text,
+        ttfb_ms=ttfb_ms,
+        http_status=info.http_status,
+        garbage_lines=info.garbage_lines,
+        prompt_tokens=info.prompt_tokens,
+        completion_tokens=info.completion_tokens,
+        finish_reason=info.finish_reason,
     )
 
 
@@ -218,20 +243,68 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(when.timestamp() - time.time(), 0.0)
 
 
-def status_error(status: int, detail: str, *, retry_after: float | None = None) -> ProviderError:
-    """Translate an HTTP error status into the exception that says whether to retry."""
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: str | None) -> float | None:
+    """Read a duration such as ``20ms``, ``1.5s`` or ``6m0s`` (OpenAI's reset headers)."""
+    if not value:
+        return None
+    parts = _DURATION.findall(value.strip())
+    if not parts or "".join(n + u for n, u in parts) != value.strip():
+        return None
+    seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    return seconds if math.isfinite(seconds) else None
+
+
+def retry_after_from(headers: Mapping[str, str]) -> float | None:
+    """How long a 429 asks us to wait.
+
+    ``Retry-After`` (seconds or a date), else ``retry-after-ms``, else the later of the
+    ``x-ratelimit-reset-requests`` and ``x-ratelimit-reset-tokens`` durations.
+    """
+    seconds = parse_retry_after(headers.get("Retry-After"))
+    if seconds is not None:
+        return seconds
+    millis = parse_retry_after(headers.get("retry-after-ms"))
+    if millis is not None:
+        return millis / 1000.0
+    resets = [
+        parse_duration(headers.get(f"x-ratelimit-reset-{kind}")) for kind in ("requests", "tokens")
+    ]
+    known = [r for r in resets if r is not None]
+    return max(known) if known else None
+
+
+def status_error(
+    status: int,
+    detail: str,
+    *,
+    retry_after: float | None = None,
+    auth_error: type[ProviderError] = TokenRejected,
+) -> ProviderError:
+    """Translate an HTTP error status into the exception that says whether to retry.
+
+    ``auth_error`` is what 401 and 403 mean for the provider: a token to replace
+    (AiChatOnline), or credentials that no retry will fix (:class:`Unauthorized`).
+    """
     message = f"HTTP {status}: {detail}" if detail else f"HTTP {status}"
     if status == 429:
         return RateLimited(message, retry_after=retry_after, http_status=status)
     if status in (401, 403):
-        return TokenRejected(message, http_status=status)
+        return auth_error(message, http_status=status)
     if status >= 500 or status == 408:
         return TransientError(message, http_status=status)
     return PermanentError(message, http_status=status)
 
 
 async def response_error(
-    response: aiohttp.ClientResponse, what: str, *, secret: str | None = None
+    response: aiohttp.ClientResponse,
+    what: str,
+    *,
+    secret: str | None = None,
+    auth_error: type[ProviderError] = TokenRejected,
 ) -> ProviderError:
     """Build the error for a failed ``response``, quoting the start of its body.
 
@@ -246,7 +319,10 @@ async def response_error(
         body = body.replace(secret, "***")
     detail = f"{what} failed" + (f": {body[:200]}" if body else "")
     return status_error(
-        response.status, detail, retry_after=parse_retry_after(response.headers.get("Retry-After"))
+        response.status,
+        detail,
+        retry_after=retry_after_from(response.headers),
+        auth_error=auth_error,
     )
 
 
@@ -267,3 +343,33 @@ def timeout_error(timeout: float | None, http_status: int | None) -> TransientEr
     return TransientError(
         f"no complete answer within {timeout:g} s (--timeout)", http_status=http_status
     )
+
+
+class HttpErrors:
+    """Translates aiohttp's and the clock's errors during one request into ours.
+
+    The one place foreign errors become :mod:`aibatch.errors` types; wrap the sending
+    and the reading of a request in ``with HttpErrors(timeout, info):``.
+    """
+
+    __slots__ = ("info", "timeout")
+
+    def __init__(self, timeout: float | None, info: StreamInfo) -> None:
+        self.timeout = timeout
+        self.info = info
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        status = self.info.http_status
+        if isinstance(exc, TimeoutError):  # before ClientError: ServerTimeoutError is both
+            raise timeout_error(self.timeout, status) from exc
+        if isinstance(exc, aiohttp.ClientPayloadError):
+            raise TransientError("stream cut before it ended", http_status=status) from exc
+        if isinstance(exc, aiohttp.ClientError):
+            raise TransientError(
+                f"connection failed: {type(exc).__name__}: {exc}", http_status=status
+            ) from exc

@@ -23,7 +23,8 @@ import logging
 import random
 import secrets
 import time
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from types import TracebackType
 from typing import Any
@@ -31,10 +32,13 @@ from typing import Any
 import anyio
 from aiohttp import web
 
+from .helpers import format_prompt
+
 log = logging.getLogger(__name__)
 
 __all__ = ["Emulator", "Faults", "answer_for"]
 
+PROTOCOLS = ("aichatonline", "openai")
 TOKEN_PATH = "/api/v1/user/getUniqueId"
 CHAT_PATH = "/aichatonline/api/chat/gpt"
 
@@ -74,6 +78,7 @@ class Faults:
         token_max_age: a token expires after this many seconds (then 401).
         token_concurrency: chat requests one token may have in flight (above: 429).
         max_inflight: chat requests the server takes at once (above: 429).
+        max_rps: chat requests the server takes per second (above: 429).
         seed: seed of the fault draws.
     """
 
@@ -88,6 +93,7 @@ class Faults:
     token_max_age: float | None = None
     token_concurrency: int | None = None
     max_inflight: int | None = None
+    max_rps: int | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -129,7 +135,7 @@ class EmulatorStats:
 
 
 class Emulator:
-    """A local AiChatOnline server.
+    """A local server of the AiChatOnline protocol, or of OpenAI's chat completions.
 
     Args:
         host: address to bind; loopback by default.
@@ -139,6 +145,9 @@ class Emulator:
         chunks: chunks per answer.
         faults: what to inject.
         record_prompts: count chat requests per prompt in ``stats.prompts``.
+        protocol: ``"aichatonline"``, or ``"openai"`` for ``/v1/chat/completions`` (the
+            prompt of a conversation is its ``format_prompt`` flattening).
+        api_key: with ``"openai"``, the key every request must carry.
     """
 
     def __init__(
@@ -151,9 +160,15 @@ class Emulator:
         chunks: int = 4,
         faults: Faults | None = None,
         record_prompts: bool = False,
+        protocol: str = "aichatonline",
+        api_key: str | None = None,
     ) -> None:
         if latency < 0 or chunk_delay < 0 or chunks < 1:
             raise ValueError("latency and chunk_delay must be >= 0 and chunks >= 1")
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}")
+        self.protocol = protocol
+        self.api_key = api_key
         self.host = host
         self.port = port
         self.latency = latency
@@ -165,6 +180,7 @@ class Emulator:
         self._rng = random.Random(self.faults.seed)
         self._tokens: dict[str, _TokenState] = {}
         self._issued: list[str] = []
+        self._starts: deque[float] = deque()
         self._runner: web.AppRunner | None = None
         self.base_url = ""
 
@@ -174,13 +190,17 @@ class Emulator:
     def make_app(self) -> web.Application:
         """The aiohttp application, for running under another server."""
         app = web.Application()
-        app.router.add_get(TOKEN_PATH, self._token)
-        app.router.add_post(CHAT_PATH, self._chat)
+        if self.protocol == "openai":
+            app.router.add_post("/v1/chat/completions", self._openai_chat)
+            app.router.add_get("/v1/models", self._models)
+        else:
+            app.router.add_get(TOKEN_PATH, self._token)
+            app.router.add_post(CHAT_PATH, self._chat)
         app.router.add_get("/stats", self._stats)
         return app
 
     async def start(self) -> str:
-        """Start serving; return the base URL (``http://host:port``)."""
+        """Start serving; return the base URL (``http://host:port``, plus ``/v1`` for OpenAI)."""
         self._runner = web.AppRunner(
             self.make_app(), handler_cancellation=True, access_log=None, shutdown_timeout=1.0
         )
@@ -190,6 +210,8 @@ class Emulator:
         host, port = self._runner.addresses[0][:2]
         self.port = port
         self.base_url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+        if self.protocol == "openai":
+            self.base_url += "/v1"
         log.info("emulator serving at %s", self.base_url)
         return self.base_url
 
@@ -226,15 +248,38 @@ class Emulator:
     async def _stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats.to_dict(prompts="prompts" in request.query))
 
-    def _refuse(self, outcome: str, status: int, message: str, **headers: str) -> web.Response:
-        self.stats.outcomes[outcome] += 1
+    async def _models(self, request: web.Request) -> web.Response:
+        if (refused := self._check_key(request)) is not None:
+            return refused
         return web.json_response(
-            {"code": status, "message": message}, status=status, headers=headers
+            {
+                "object": "list",
+                "data": [
+                    {"id": name, "object": "model", "created": 0, "owned_by": "aibatch-emulator"}
+                    for name in OPENAI_MODELS
+                ],
+            }
         )
 
+    def _refuse(self, outcome: str, status: int, message: str, **headers: str) -> web.Response:
+        self.stats.outcomes[outcome] += 1
+        if self.protocol == "openai":
+            kind = {401: "invalid_request_error", 429: "rate_limit_error"}.get(
+                status, "server_error" if status >= 500 else "invalid_request_error"
+            )
+            code = "invalid_api_key" if status == 401 else None
+            body: dict[str, Any] = {"error": {"message": message, "type": kind, "code": code}}
+        else:
+            body = {"code": status, "message": message}
+        return web.json_response(body, status=status, headers=headers)
+
     def _rate_limited(self, message: str) -> web.Response:
+        wait = self.faults.retry_after
         return self._refuse(
-            "rate_limited", 429, message, **{"Retry-After": f"{self.faults.retry_after:g}"}
+            "rate_limited",
+            429,
+            message,
+            **{"Retry-After": f"{wait:g}", "retry-after-ms": f"{wait * 1000:g}"},
         )
 
     def _check_token(self, token: str | None) -> web.Response | _TokenState:
@@ -251,39 +296,81 @@ class Emulator:
             return self._refuse("unauthorized", 401, "UniqueId expired")
         return state
 
+    def _check_key(self, request: web.Request) -> web.Response | None:
+        if self.api_key is None:
+            return None
+        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return self._refuse("unauthorized", 401, "Incorrect API key provided")
+        return None
+
     async def _chat(self, request: web.Request) -> web.StreamResponse:
+        """AiChatOnline: ``UniqueId`` header, body ``{"conversationId", "prompt"}``."""
         self.stats.chat_requests += 1
         state = self._check_token(request.headers.get("UniqueId"))
         if isinstance(state, web.Response):
             return state
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        prompt = body.get("prompt") if isinstance(body, dict) else None
+        body = await _json_body(request)
+        prompt = body.get("prompt") if body is not None else None
         if not isinstance(prompt, str):
             return self._refuse("bad_request", 400, "body needs a string 'prompt'")
         state.uses += 1
-        if self.record_prompts:
-            self.stats.prompts[prompt] += 1
+        if self.faults.token_concurrency is not None and (
+            state.inflight >= self.faults.token_concurrency
+        ):
+            return self._rate_limited("too many requests in flight for this UniqueId")
+        state.inflight += 1
+        try:
+            return await self._serve(request, prompt, _Answer(answer_for(prompt)))
+        finally:
+            state.inflight -= 1
+
+    async def _openai_chat(self, request: web.Request) -> web.StreamResponse:
+        """OpenAI: ``Authorization`` when started with a key, body ``{"model", "messages"}``."""
+        self.stats.chat_requests += 1
+        if (refused := self._check_key(request)) is not None:
+            return refused
+        body = await _json_body(request)
+        messages = body.get("messages") if body is not None else None
+        if (
+            body is None
+            or not isinstance(body.get("model"), str)
+            or not isinstance(messages, list)
+            or not messages
+            or not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages)
+        ):
+            return self._refuse("bad_request", 400, "body needs a 'model' and a list of 'messages'")
+        prompt = format_prompt(messages)
+        answer = _Answer(
+            answer_for(prompt),
+            model=body["model"],
+            stream=bool(body.get("stream")),
+            prompt_tokens=len(prompt.split()),
+        )
+        max_tokens = body.get("max_tokens")
+        if isinstance(max_tokens, int) and 0 < max_tokens < len(answer.text.split()):
+            answer.text = " ".join(answer.text.split()[:max_tokens])
+            answer.finish_reason = "length"
+        answer.usage = bool((body.get("stream_options") or {}).get("include_usage")) or (
+            not answer.stream
+        )
+        return await self._serve(request, prompt, answer)
+
+    def _over_limits(self) -> web.Response | None:
         faults = self.faults
         if faults.max_inflight is not None and self.stats.inflight >= faults.max_inflight:
             return self._rate_limited("too many requests in flight")
-        if faults.token_concurrency is not None and state.inflight >= faults.token_concurrency:
-            return self._rate_limited("too many requests in flight for this UniqueId")
-        self.stats.inflight += 1
-        state.inflight += 1
-        self.stats.max_inflight = max(self.stats.max_inflight, self.stats.inflight)
-        try:
-            return await self._answer(request, prompt)
-        finally:
-            self.stats.inflight -= 1
-            state.inflight -= 1
+        if faults.max_rps is not None:
+            now = time.monotonic()
+            while self._starts and now - self._starts[0] >= 1.0:
+                self._starts.popleft()
+            if len(self._starts) >= faults.max_rps:
+                return self._rate_limited("too many requests per second")
+            self._starts.append(now)
+        return None
 
-    async def _answer(self, request: web.Request, prompt: str) -> web.StreamResponse:
+    def _draw(self) -> str:
         faults = self.faults
         draw = self._rng.random()
-        fault = "ok"
         for name, rate in (
             ("server_error", faults.error_rate),
             ("rate_limited", faults.rate_limit_rate),
@@ -292,29 +379,68 @@ class Emulator:
             ("stalled", faults.stall_rate),
         ):
             if draw < rate:
-                fault = name
-                break
+                return name
             draw -= rate
-        if fault == "server_error":
-            return self._refuse("server_error", 500, "internal error (injected)")
-        if fault == "rate_limited":
-            return self._rate_limited("rate limited (injected)")
-        delay = self.latency + (faults.stall_seconds if fault == "stalled" else 0.0)
-        if delay:
-            await anyio.sleep(delay)
+        return "ok"
+
+    async def _serve(
+        self, request: web.Request, prompt: str, answer: _Answer
+    ) -> web.StreamResponse:
+        """Admit a valid chat request (limits, faults), then answer it in its protocol."""
+        if self.record_prompts:
+            self.stats.prompts[prompt] += 1
+        if (refused := self._over_limits()) is not None:
+            return refused
+        self.stats.inflight += 1
+        self.stats.max_inflight = max(self.stats.max_inflight, self.stats.inflight)
+        try:
+            fault = self._draw()
+            if fault == "server_error":
+                return self._refuse("server_error", 500, "internal error (injected)")
+            if fault == "rate_limited":
+                return self._rate_limited("rate limited (injected)")
+            delay = self.latency + (self.faults.stall_seconds if fault == "stalled" else 0.0)
+            if delay:
+                await anyio.sleep(delay)
+            pieces = (
+                self._openai_pieces(answer, fault)
+                if self.protocol == "openai"
+                else self._aichatonline_pieces(answer, fault)
+            )
+            return await self._stream(request, pieces, fault, answer.content_type())
+        finally:
+            self.stats.inflight -= 1
+
+    def _noise(self, choices: Sequence[bytes]) -> bytes:
+        return choices[self._rng.randrange(len(choices))]
+
+    def _aichatonline_pieces(self, answer: _Answer, fault: str) -> list[bytes]:
         pieces = [
             json.dumps({"data": {"message": piece}}).encode() + b"\n"
-            for piece in split_chunks(answer_for(prompt), self.chunks)
+            for piece in split_chunks(answer.text, self.chunks)
         ]
         if fault == "garbage":
-            noise = [
-                b"\n",
-                b"not json at all\n",
-                b'{"data": 7}\n',
-                b'{"data": {"message": null}}\n',
-            ]
-            pieces = [line for piece in pieces for line in (noise[self._rng.randrange(4)], piece)]
-        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+            pieces = [line for piece in pieces for line in (self._noise(_NDJSON_NOISE), piece)]
+        return pieces
+
+    def _openai_pieces(self, answer: _Answer, fault: str) -> list[bytes]:
+        if not answer.stream:
+            return [json.dumps(answer.whole()).encode()]
+        events = [answer.chunk({"role": "assistant", "content": ""})]
+        events += [answer.chunk({"content": p}) for p in split_chunks(answer.text, self.chunks)]
+        events.append(answer.chunk({}, finish=True))
+        if answer.usage:
+            events.append({**answer.chunk({}), "choices": [], "usage": answer.usage_counts()})
+        pieces = [b"data: " + json.dumps(e).encode() + b"\n\n" for e in events]
+        pieces.append(b"data: [DONE]\n\n")
+        if fault == "garbage":
+            pieces = [line for piece in pieces for line in (self._noise(_SSE_NOISE), piece)]
+        return pieces
+
+    async def _stream(
+        self, request: web.Request, pieces: list[bytes], fault: str, content_type: str
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": content_type})
         await response.prepare(request)
         if fault == "cut":
             await response.write(pieces[0][: max(1, len(pieces[0]) // 2)])
@@ -330,5 +456,75 @@ class Emulator:
         else:
             await response.write(b"".join(pieces))
         await response.write_eof()
-        self.stats.outcomes["garbage" if fault == "garbage" else fault] += 1
+        self.stats.outcomes[fault] += 1
         return response
+
+
+_NDJSON_NOISE = (b"\n", b"not json at all\n", b'{"data": 7}\n', b'{"data": {"message": null}}\n')
+_SSE_NOISE = (b": keep-alive\n\n", b"\n", b"data: not json at all\n\n", b"event: ping\n\n")
+OPENAI_MODELS = ("gpt-4o-mini", "gpt-4o", "llama3", "qwen2.5")
+
+
+@dataclass(slots=True)
+class _Answer:
+    """One answer to serve, with what the OpenAI protocol reports about it."""
+
+    text: str
+    model: str = ""
+    stream: bool = True
+    prompt_tokens: int = 0
+    finish_reason: str = "stop"
+    usage: bool = False
+    id: str = field(default_factory=lambda: f"chatcmpl-{secrets.token_hex(8)}")
+
+    def content_type(self) -> str:
+        if not self.model:
+            return "application/x-ndjson"
+        return "text/event-stream" if self.stream else "application/json"
+
+    def usage_counts(self) -> dict[str, int]:
+        completion = len(self.text.split())
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+        }
+
+    def chunk(self, delta: dict[str, str], *, finish: bool = False) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": delta,
+                    "finish_reason": self.finish_reason if finish else None,
+                }
+            ],
+        }
+
+    def whole(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": self.text},
+                    "finish_reason": self.finish_reason,
+                }
+            ],
+            "usage": self.usage_counts(),
+        }
+
+
+async def _json_body(request: web.Request) -> dict[str, Any] | None:
+    try:
+        body = await request.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None

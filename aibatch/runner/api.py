@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import tempfile
 from collections.abc import Callable, Iterator
@@ -17,9 +18,10 @@ from typing import Any
 
 import anyio
 
-from ..errors import AibatchError
+from ..errors import AibatchError, UsageError
 from ..jobs.spec import JobSpec
-from ..providers import Emulator, get_provider
+from ..providers import AsyncGeneratorProvider, Emulator, get_provider
+from ..providers.emulator import PROTOCOLS
 from .engine import ProgressCallback, run_partition
 from .inputs import InputSource, frame_source, open_input, spool_stdin
 from .output import check_output, output_schema, read_frame
@@ -85,18 +87,21 @@ async def arun_job(
             source = await anyio.to_thread.run_sync(_open_source, spec, Path(scratch))
         output = spec.output_path()
         check_output(output, [spec.input])
-        provider_class = get_provider(spec.provider)
-        provider_class.get_model(spec.model)  # type: ignore[attr-defined]
+        provider_class = checked_provider(spec)
+        api_key = _api_key(spec, provider_class)
         async with contextlib.AsyncExitStack() as stack:
             base_url = spec.base_url
             if spec.emulate:
-                base_url = await stack.enter_async_context(Emulator())
+                emulator = Emulator(protocol=provider_class.name)
+                base_url = await stack.enter_async_context(emulator)
             provider = await stack.enter_async_context(
                 provider_class(
                     base_url=base_url,
                     proxy=spec.proxy,
                     concurrency=spec.concurrency,
                     timeout=spec.timeout,
+                    api_key=api_key,
+                    stream=spec.stream,
                 )
             )
             service = provider.name + ("+emulator" if spec.emulate else "")
@@ -109,6 +114,47 @@ async def arun_job(
                 on_progress=on_progress,
                 stop=stop,
             )
+
+
+def checked_provider(spec: JobSpec) -> type[AsyncGeneratorProvider]:
+    """The job's provider class, once the job's options are known to suit it.
+
+    Raises:
+        UsageError: unknown provider or model, or an option the provider does not take.
+    """
+    provider = get_provider(spec.provider)
+    provider.get_model(spec.model)  # type: ignore[attr-defined]
+    unsupported = [name for name, _ in spec.sampling() if name not in provider.sampling_options]
+    if unsupported:
+        options = ", ".join("--" + name.replace("_", "-") for name in unsupported)
+        raise UsageError(f"the {provider.name} provider does not take {options}")
+    if not spec.stream and not provider.can_disable_stream:
+        raise UsageError(f"the {provider.name} provider always streams; drop --no-stream")
+    if spec.emulate and provider.name not in PROTOCOLS:
+        raise UsageError(
+            f"--emulate serves the {' and '.join(PROTOCOLS)} protocols, not {provider.name}"
+        )
+    return provider
+
+
+def _api_key(spec: JobSpec, provider: type[AsyncGeneratorProvider]) -> str | None:
+    """The API key from the environment: never from the command line, never shown."""
+    if provider.api_key_env is None:
+        if spec.api_key_env:
+            raise UsageError(f"the {provider.name} provider takes no API key (--api-key-env)")
+        return None
+    if spec.emulate:
+        return None
+    name = spec.api_key_env or provider.api_key_env
+    key = os.environ.get(name) or None
+    if key is None and spec.api_key_env:
+        raise UsageError(f"the environment variable {name} (--api-key-env) is not set")
+    if key is None and (spec.base_url or provider.url).rstrip("/") == provider.url:
+        raise UsageError(
+            f"{provider.url} needs an API key: set {name}, or point --base-url at a server"
+            " that needs none"
+        )
+    return key
 
 
 def _open_source(spec: JobSpec, scratch: Path) -> InputSource:
@@ -230,7 +276,7 @@ def preview(spec: JobSpec, count: int = 5) -> tuple[int, int, list[tuple[int, st
     with tempfile.TemporaryDirectory(prefix="aibatch-") as scratch:
         source = _open_source(spec, Path(scratch))
         check_output(spec.output_path(), [spec.input])
-        provider = get_provider(spec.provider)(base_url=spec.base_url or "http://127.0.0.1")
+        provider = checked_provider(spec)(base_url=spec.base_url or "http://127.0.0.1")
         builder = PromptBuilder(spec, provider.get_model(spec.model), source.name)  # type: ignore[attr-defined]
         if source.columns:
             builder.check_columns(source.columns)

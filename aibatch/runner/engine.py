@@ -35,11 +35,12 @@ import pyarrow.compute as pc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .. import __version__
-from ..errors import InputError
+from ..errors import InputError, RateLimited, Unauthorized
 from ..jobs.checkpoint import SEND, Checkpoint, Plan, checkpoint_dir, request_hash, row_key
 from ..jobs.spec import JobSpec
 from ..providers.base import AsyncGeneratorProvider
-from ..types import ChatRequest, RowResult, RowStatus
+from ..types import ChatRequest, Completion, RowResult, RowStatus
+from .concurrency import AdaptiveLimit
 from .inputs import InputSource
 from .output import OutputWriter, assemble, output_schema
 from .prompts import PromptBuilder
@@ -152,7 +153,10 @@ class _Partition:
         self.model = type(provider).get_model(spec.model)  # type: ignore[attr-defined]
         self.builder = PromptBuilder(spec, self.model, source.name)
         self.progress = Progress(concurrency=spec.concurrency)
-        self.limiter = anyio.CapacityLimiter(spec.concurrency)
+        self.adaptive = AdaptiveLimit(spec.concurrency) if spec.adaptive else None
+        self.limiter = anyio.CapacityLimiter(
+            self.adaptive.current if self.adaptive else spec.concurrency
+        )
         self.rate = RateLimiter(spec.rps) if spec.rps else None
         self.stopping = False
         self.requests = 0
@@ -212,6 +216,7 @@ class _Partition:
                 await self._send(plan, checkpoint)
             del self.keys
             summary.requests = self.requests
+            summary.concurrency = int(self.limiter.total_tokens)
             summary.garbage_lines = self.garbage_lines
             summary.token_requests = self.provider.stats.get("token_requests", 0)
             ordered = sorted(self.latencies)
@@ -341,24 +346,33 @@ class _Partition:
                 await _send(results, await self._send_one(job))
 
     async def _send_one(self, job: _Job) -> RowResult:
-        provider, limiter, rate = self.provider, self.limiter, self.rate
+        provider, limiter, rate, adaptive = self.provider, self.limiter, self.rate, self.adaptive
+        clock: list[float] = []  # when the first attempt got its turn: latency excludes queueing
 
-        async def attempt() -> object:
+        async def attempt() -> Completion:
             self.requests += 1
             try:
                 limiter.acquire_nowait()
             except anyio.WouldBlock:
                 await limiter.acquire()
+            if not clock:
+                clock.extend((time.time(), time.perf_counter()))
             try:
                 if rate is not None:
                     await rate.wait()
-                return await provider.complete(job.request)
+                completion = await provider.complete(job.request)
+            except RateLimited:
+                if adaptive is not None:
+                    self._limit(adaptive.rate_limited(limiter.borrowed_tokens))
+                raise
             finally:
                 limiter.release()
+            if adaptive is not None:
+                self._limit(adaptive.succeeded())
+            return completion
 
-        started = time.time()
-        t0 = time.perf_counter()
         outcome = await call_with_retries(attempt, self.spec.retry)
+        started, t0 = clock
         latency = (time.perf_counter() - t0) * 1000.0
         result = RowResult(
             row=job.row,
@@ -373,10 +387,16 @@ class _Partition:
         )
         if outcome.error is None:
             completion = outcome.value
-            result.response = completion.text  # type: ignore[attr-defined]
-            result.ttfb_ms = completion.ttfb_ms  # type: ignore[attr-defined]
-            result.http_status = completion.http_status  # type: ignore[attr-defined]
-            self.garbage_lines += completion.garbage_lines  # type: ignore[attr-defined]
+            assert completion is not None
+            result.response = completion.text
+            result.ttfb_ms = completion.ttfb_ms
+            result.http_status = completion.http_status
+            result.prompt_tokens = completion.prompt_tokens
+            result.completion_tokens = completion.completion_tokens
+            result.finish_reason = completion.finish_reason
+            self.garbage_lines += completion.garbage_lines
+        elif isinstance(outcome.error, Unauthorized):
+            raise outcome.error  # every row would fail the same way: stop the run
         else:
             result.status = RowStatus.ERROR
             result.error_type = type(outcome.error).__name__
@@ -385,24 +405,31 @@ class _Partition:
         self.latencies.append(latency)
         return result
 
+    def _limit(self, limit: int) -> None:
+        if limit != self.limiter.total_tokens:
+            self.limiter.total_tokens = limit
+
     async def _store(
         self, results: MemoryObjectReceiveStream[RowResult], plan: Plan, checkpoint: Checkpoint
     ) -> None:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._flush_every, FLUSH_SECONDS, plan, checkpoint)
-            async with results:
-                while True:
-                    try:
-                        result = await _receive(results)
-                    except anyio.EndOfStream:
-                        break
-                    # Append only after the await: a flush may swap the list meanwhile.
-                    self._pending.append(result)
-                    if len(self._pending) >= FLUSH_ROWS:
-                        await self._flush(plan, checkpoint)
-            tg.cancel_scope.cancel()
-        with anyio.CancelScope(shield=True):
-            await self._flush(plan, checkpoint)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._flush_every, FLUSH_SECONDS, plan, checkpoint)
+                async with results:
+                    while True:
+                        try:
+                            result = await _receive(results)
+                        except anyio.EndOfStream:
+                            break
+                        # Append only after the await: a flush may swap the list meanwhile.
+                        self._pending.append(result)
+                        if len(self._pending) >= FLUSH_ROWS:
+                            await self._flush(plan, checkpoint)
+                tg.cancel_scope.cancel()
+        finally:
+            # Also when the run is cancelled or fails: what finished is kept.
+            with anyio.CancelScope(shield=True):
+                await self._flush(plan, checkpoint)
 
     async def _flush_every(self, seconds: float, plan: Plan, checkpoint: Checkpoint) -> None:
         while True:
@@ -436,6 +463,7 @@ class _Partition:
         plan.resolve()
         statuses: Counter[str] = Counter()
         errors: Counter[str] = Counter()
+        tokens: Counter[str] = Counter()
         constants = {"model": self.model, "provider": self.provider.name}
         with OutputWriter(self.output, schema) as writer:
             for batch in self.source.batches():
@@ -448,7 +476,15 @@ class _Partition:
                 )
                 for item in pc.value_counts(failed).to_pylist():
                     errors[item["values"]] += item["counts"]
+                for name in ("prompt_tokens", "completion_tokens"):
+                    tokens[name] += pc.sum(records.column(name)).as_py() or 0
+                tokens["truncated"] += (
+                    pc.sum(pc.equal(records.column("finish_reason"), "length")).as_py() or 0
+                )
                 writer.write(assemble(batch.data, batch.start, records, constants))
+            summary.prompt_tokens = tokens["prompt_tokens"]
+            summary.completion_tokens = tokens["completion_tokens"]
+            summary.truncated = tokens["truncated"]
             summary.ok = statuses[RowStatus.OK.value]
             summary.error = statuses[RowStatus.ERROR.value]
             summary.skipped = statuses[RowStatus.SKIPPED.value]

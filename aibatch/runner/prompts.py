@@ -75,6 +75,7 @@ class PromptBuilder:
         self.path = path
         self.template = parse_template(spec.template) if spec.template is not None else None
         self.system = (Message("system", spec.system),) if spec.system else ()
+        self.options = spec.sampling()
 
     def needed_columns(self) -> list[str]:
         """The input columns the job reads."""
@@ -135,11 +136,11 @@ class PromptBuilder:
                 v if isinstance(v, str) or v is None else str(v)
                 for v in _column(batch, self.spec.prompt_column)
             ]
-        model, system = self.model, self.system
+        model, system, options = self.model, self.system, self.options
         return [
             None
             if not p or p.isspace()
-            else ChatRequest(messages=(*system, Message("user", p)), model=model)
+            else ChatRequest(messages=(*system, Message("user", p)), model=model, options=options)
             for p in prompts
         ]
 
@@ -175,7 +176,9 @@ class PromptBuilder:
                 continue
             if self.system and not (messages and messages[0].role == "system"):
                 messages = [*self.system, *messages]
-            out.append(ChatRequest(messages=tuple(messages), model=self.model))
+            out.append(
+                ChatRequest(messages=tuple(messages), model=self.model, options=self.options)
+            )
         return out
 
 

@@ -30,6 +30,10 @@ class Summary:
         reused: rows answered from the checkpoint of an earlier run.
         deduped: rows that shared an identical request with an earlier row.
         token_requests: token requests the provider made.
+        prompt_tokens, completion_tokens: totals over the rows whose provider reports them.
+        truncated: ok rows whose answer was cut at the length limit (finish_reason "length").
+        concurrency: requests in flight allowed at the end (with ``adaptive``, where the
+            limit settled).
         interrupted: the run stopped early (Ctrl-C, SIGTERM); no output was written.
         errors_by_type: failed rows per error class.
     """
@@ -48,6 +52,10 @@ class Summary:
     deduped: int = 0
     token_requests: int = 0
     garbage_lines: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    truncated: int = 0
+    concurrency: int = 0
     wall_s: float = 0.0
     latency_p50_ms: float | None = None
     latency_p95_ms: float | None = None

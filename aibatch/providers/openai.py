@@ -1,0 +1,282 @@
+"""OpenAIChat: any server speaking OpenAI's chat-completions API.
+
+OpenAI itself, vLLM, Ollama, llama.cpp's server, LM Studio, LiteLLM's proxy and
+gpt4free's API server all take ``POST {base_url}/chat/completions``. Unlike AiChatOnline
+this API keeps roles, so the row's messages are sent as they are, with the sampling
+options the user set. Answers stream as Server-Sent Events (``data: {json}`` lines,
+comments, ``data: [DONE]``); the text is the concatenation of
+``choices[0].delta.content``; usage comes in the last event. ``stream=False`` asks for
+one plain JSON answer instead.
+
+The API key comes from the environment (``OPENAI_API_KEY`` or the variable the job
+names) and is never shown. A 401 or 403 is :class:`Unauthorized`: no retry fixes a bad
+key, so the run stops instead of failing every row.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, ClassVar
+
+import aiohttp
+
+from ..errors import (
+    PermanentError,
+    ProviderError,
+    RateLimited,
+    TransientError,
+    Unauthorized,
+)
+from ..types import ChatRequest, Completion
+from .base import (
+    AsyncGeneratorProvider,
+    HttpErrors,
+    ProviderModelMixin,
+    StreamInfo,
+    completion,
+    response_error,
+    split_lines,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["OpenAIChat", "SseParser"]
+
+_DONE = object()
+
+
+class SseParser:
+    """Turns a chat-completions event stream, fed in pieces, into text deltas.
+
+    Fills ``info`` with the finish reason and usage as they arrive, counts data that is
+    not JSON as garbage, and raises the mapped error for an ``error`` event.
+    """
+
+    __slots__ = ("_data", "_pending", "done", "info")
+
+    def __init__(self, info: StreamInfo) -> None:
+        self.info = info
+        self._pending = b""
+        self._data: list[bytes] = []
+        self.done = False
+
+    def feed(self, data: bytes) -> list[str]:
+        """Take the next piece of the body; return the text deltas it completed."""
+        lines, self._pending = split_lines(self._pending, data)
+        return self._lines(lines)
+
+    def close(self) -> list[str]:
+        """End of body: take what is left, including an event without its blank line."""
+        texts = self._lines([self._pending, b""])
+        self._pending = b""
+        return texts
+
+    def _lines(self, lines: list[bytes]) -> list[str]:
+        texts: list[str] = []
+        for raw in lines:
+            line = raw.rstrip(b"\r")
+            if not line:  # a blank line ends an event
+                if self._data:
+                    text = self._event(b"\n".join(self._data))
+                    self._data = []
+                    if text:
+                        texts.append(text)
+            elif line.startswith(b"data:"):
+                self._data.append(line[5:].lstrip(b" "))
+            # comments (":...") and other fields (event:, id:, retry:) carry no text
+        return texts
+
+    def _event(self, data: bytes) -> str | None:
+        if data == b"[DONE]":
+            self.done = True
+            return None
+        try:
+            event = json.loads(data)
+        except ValueError:
+            self.info.garbage_lines += 1
+            return None
+        if not isinstance(event, dict):
+            self.info.garbage_lines += 1
+            return None
+        return read_event(event, self.info, delta=True)
+
+
+def read_event(event: dict[str, Any], info: StreamInfo, *, delta: bool) -> str | None:
+    """The text of one chat-completions object (a stream chunk, or a whole answer).
+
+    Raises:
+        ProviderError: the object is an ``error``.
+    """
+    if "error" in event:
+        raise event_error(event["error"], info.http_status)
+    usage = event.get("usage")
+    if isinstance(usage, dict):
+        info.prompt_tokens = _int(usage.get("prompt_tokens"))
+        info.completion_tokens = _int(usage.get("completion_tokens"))
+    choices = event.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return None
+    choice = choices[0]
+    if choice.get("finish_reason"):
+        info.finish_reason = str(choice["finish_reason"])
+    body = choice.get("delta" if delta else "message")
+    content = body.get("content") if isinstance(body, dict) else None
+    return content if isinstance(content, str) and content else None
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def event_error(error: object, http_status: int | None) -> ProviderError:
+    """The exception for an ``error`` object inside an answer."""
+    fields = error if isinstance(error, dict) else {"message": str(error)}
+    kind = f"{fields.get('type') or ''} {fields.get('code') or ''}".lower()
+    message = f"error in the answer: {fields.get('message') or kind.strip() or 'unknown'}"
+    if "rate_limit" in kind:
+        return RateLimited(message, http_status=http_status)
+    if "api_key" in kind or "authentication" in kind or "permission" in kind:
+        return Unauthorized(message, http_status=http_status)
+    if "invalid_request" in kind or "context_length" in kind:
+        return PermanentError(message, http_status=http_status)
+    return TransientError(message, http_status=http_status)
+
+
+class OpenAIChat(AsyncGeneratorProvider, ProviderModelMixin):
+    """An OpenAI-compatible chat-completions server.
+
+    Args:
+        api_key: the key (read from the environment by the runner); ``None`` for local
+            servers that need none.
+        stream: stream the answer (``False``: one plain JSON answer).
+        **kwargs: see :class:`AsyncGeneratorProvider`.
+    """
+
+    name: ClassVar[str] = "openai"
+    url: ClassVar[str] = "https://api.openai.com/v1"
+    default_model: ClassVar[str] = "gpt-4o-mini"
+    models: ClassVar[Sequence[str]] = ()  # whatever the server serves
+    api_key_env: ClassVar[str | None] = "OPENAI_API_KEY"
+    sampling_options: ClassVar[frozenset[str]] = frozenset(
+        {"temperature", "top_p", "max_tokens", "seed", "stop"}
+    )
+    can_disable_stream: ClassVar[bool] = True
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._url = f"{self.base_url}/chat/completions"
+        self._headers = {"Content-Type": "application/json"}
+        if self._api_key:
+            self._headers["Authorization"] = f"Bearer {self._api_key}"
+
+    def __repr__(self) -> str:
+        return f"OpenAIChat(base_url={self.base_url!r}, stream={self.stream})"
+
+    def render(self, request: ChatRequest) -> str:
+        """The messages sent for ``request``, as JSON."""
+        return json.dumps(request.message_dicts, ensure_ascii=False)
+
+    def _body(
+        self, model: str, messages: Sequence[Mapping[str, Any]], options: dict[str, Any]
+    ) -> bytes:
+        body: dict[str, Any] = {"model": model, "messages": list(messages)}
+        body.update((k, v) for k, v in options.items() if k in self.sampling_options)
+        if isinstance(body.get("stop"), tuple):
+            body["stop"] = list(body["stop"])
+        if self.stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        return json.dumps(body, ensure_ascii=False).encode()
+
+    def _post(
+        self, body: bytes, proxy: str | None
+    ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        """Send one chat-completions request: the only place that does."""
+        return self.session.post(
+            self._url, data=body, headers=self._headers, proxy=proxy, timeout=self.request_timeout
+        )
+
+    async def _check(self, response: aiohttp.ClientResponse, info: StreamInfo) -> None:
+        info.http_status = response.status
+        if response.status >= 400:
+            raise await response_error(
+                response, "chat completion", secret=self._api_key, auth_error=Unauthorized
+            )
+
+    async def create_async_generator(
+        self,
+        model: str,
+        messages: Sequence[Mapping[str, Any]],
+        proxy: str | None = None,
+        **kwargs: Any,
+    ) -> AsyncGenerator[str, None]:
+        """Yield the answer's text as it arrives.
+
+        Args:
+            model: the model name the server knows.
+            messages: the conversation, roles kept.
+            proxy: overrides the instance's proxy for this call.
+            **kwargs: sampling options, and ``info``, a :class:`StreamInfo` to fill.
+
+        Raises:
+            ProviderError: a subclass saying whether retrying can help.
+        """
+        info: StreamInfo = kwargs.pop("info", None) or StreamInfo()
+        body = self._body(self.get_model(model), messages, kwargs)
+        with HttpErrors(self.timeout, info):
+            async with self._post(body, proxy or self.proxy) as response:
+                await self._check(response, info)
+                if not self.stream:
+                    text = read_event(await _json(response, info), info, delta=False)
+                    if text:
+                        yield text
+                    return
+                parser = SseParser(info)
+                async for data in response.content.iter_any():
+                    for text in parser.feed(data):
+                        yield text
+                for text in parser.close():
+                    yield text
+                _check_done(parser, info)
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        """Send ``request`` once and return the whole answer (body read in one go)."""
+        info = StreamInfo()
+        body = self._body(
+            self.get_model(request.model), request.message_dicts, dict(request.options)
+        )
+        start = time.perf_counter()
+        with HttpErrors(self.timeout, info):
+            async with self._post(body, self.proxy) as response:
+                await self._check(response, info)
+                if not self.stream:
+                    text = read_event(await _json(response, info), info, delta=False)
+                    ttfb = (time.perf_counter() - start) * 1000.0
+                    return completion([text] if text else [], ttfb, info)
+                first = await response.content.readany()
+                ttfb = (time.perf_counter() - start) * 1000.0
+                rest = await response.content.read()
+        parser = SseParser(info)
+        texts = parser.feed(first + rest) + parser.close()
+        _check_done(parser, info)
+        return completion(texts, ttfb, info)
+
+
+async def _json(response: aiohttp.ClientResponse, info: StreamInfo) -> dict[str, Any]:
+    try:
+        data = json.loads(await response.read())
+    except ValueError as exc:
+        raise TransientError("the answer is not JSON", http_status=info.http_status) from exc
+    if not isinstance(data, dict):
+        raise TransientError("the answer is not a JSON object", http_status=info.http_status)
+    return data
+
+
+def _check_done(parser: SseParser, info: StreamInfo) -> None:
+    """A stream that ends without ``[DONE]`` or a finish reason was cut short."""
+    if not parser.done and info.finish_reason is None:
+        raise TransientError("stream ended before [DONE]", http_status=info.http_status)
