@@ -22,7 +22,7 @@ import click
 from click.core import ParameterSource
 
 from . import __version__
-from .console import ProgressReporter, summary_text
+from .console import ProgressReporter, provider_text, summary_text
 from .errors import AibatchError
 from .jobs.spec import INPUT_FORMATS, JobSpec, RetryPolicy, load_job, parse_max_failures
 from .providers import Emulator, Faults, get_provider, provider_names
@@ -211,20 +211,9 @@ def providers() -> None:
     """List the installed providers, their models and options."""
     for name in provider_names():
         try:
-            provider = get_provider(name)
+            click.echo(provider_text(name, get_provider(name)))
         except AibatchError as exc:
             click.echo(f"{name}: {exc}")
-            continue
-        models = ", ".join(getattr(provider, "models", ())) or "any the server serves"
-        click.echo(f"{name}  ({provider.__module__}.{provider.__qualname__})")
-        click.echo(f"  base url: {provider.url}")
-        click.echo(f"  default model: {getattr(provider, 'default_model', '')}; models: {models}")
-        options = sorted(provider.sampling_options)
-        if provider.can_disable_stream:
-            options.append("no_stream")
-        click.echo(f"  options: {', '.join(options) or 'none'}")
-        if provider.api_key_env:
-            click.echo(f"  api key: ${provider.api_key_env} (or --api-key-env)")
 
 
 _FAULT_HELP = {

@@ -13,10 +13,11 @@ from typing import TextIO
 
 import click
 
+from .providers import AsyncGeneratorProvider
 from .runner.engine import Progress
 from .runner.summary import Summary
 
-__all__ = ["ProgressReporter", "summary_text"]
+__all__ = ["ProgressReporter", "provider_text", "summary_text"]
 
 
 def _duration(seconds: float | None) -> str:
@@ -113,4 +114,21 @@ def summary_text(summary: Summary) -> str:
     if s.errors_by_type:
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(s.errors_by_type.items()))
         lines.append(f"errors: {kinds}")
+    return "\n".join(lines)
+
+
+def provider_text(name: str, provider: type[AsyncGeneratorProvider]) -> str:
+    """A provider's entry in ``aibatch providers``: where, which models, which options."""
+    models = ", ".join(getattr(provider, "models", ())) or "any the server serves"
+    options = sorted(provider.sampling_options)
+    if provider.can_disable_stream:
+        options.append("no_stream")
+    lines = [
+        f"{name}  ({provider.__module__}.{provider.__qualname__})",
+        f"  base url: {provider.url}",
+        f"  default model: {getattr(provider, 'default_model', '')}; models: {models}",
+        f"  options: {', '.join(options) or 'none'}",
+    ]
+    if provider.api_key_env:
+        lines.append(f"  api key: ${provider.api_key_env} (or --api-key-env)")
     return "\n".join(lines)

@@ -155,3 +155,34 @@ async def test_aibatch_emulate_prints_its_url_serves_and_stops_on_sigint() -> No
         with anyio.fail_after(30):
             await process.wait()
     assert process.returncode == 0
+
+
+async def test_a_second_sigint_exits_at_once_and_leaves_a_consistent_checkpoint(tmp_path: Path):
+    from aibatch.jobs.checkpoint import Checkpoint
+    from aibatch.providers.emulator import Faults
+
+    source = make_input(tmp_path, 400)
+    output = tmp_path / "in.responses.parquet"
+    # Half the requests stall for a minute: in flight at the first SIGINT, they would hold
+    # the run for the whole grace period; the second SIGINT must not wait for them.
+    emu = Emulator(latency=0.01, faults=Faults(stall_rate=0.5, stall_seconds=60, seed=3))
+    async with emu:
+        process = await anyio.open_process(command(source, emu, "-c", "8"), cwd=tmp_path)
+        async with process:
+            await wait_for_parts(output, 1, process)
+            process.send_signal(signal.SIGINT)
+            assert process.stderr is not None
+            with anyio.fail_after(10):
+                seen = b""
+                while b"again to stop now" not in seen:
+                    seen += await process.stderr.receive(4096)
+            process.send_signal(signal.SIGINT)
+            # well inside the 5 s grace the first SIGINT granted, and the 60 s stall
+            with anyio.fail_after(4):
+                await process.wait()
+    assert process.returncode == 130
+    assert not output.exists()
+    with Checkpoint(checkpoint_dir(output)) as checkpoint:
+        assert checkpoint.stored_rows == len(stored_rows(output)) > 0
+    assert not list((checkpoint_dir(output) / "parts").glob("*.tmp"))
+    assert not list((checkpoint_dir(output) / "parts").glob("*.unreadable"))
