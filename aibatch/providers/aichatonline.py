@@ -27,6 +27,7 @@ from .base import (
     ProviderModelMixin,
     StreamInfo,
     completion,
+    read_body,
     response_error,
     split_lines,
     timeout_error,
@@ -235,9 +236,7 @@ class AiChatOnline(AsyncGeneratorProvider, ProviderModelMixin):
         with HttpErrors(self.timeout, info):
             async with self._post_chat(prompt, token, proxy) as response:
                 await _check_status(response, token, info)
-                first = await response.content.readany()
-                first_at = time.perf_counter()
-                return first + await response.content.read(), first_at
+                return await read_body(response)
 
 
 async def _check_status(response: aiohttp.ClientResponse, token: Token, info: StreamInfo) -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "completion",
     "parse_duration",
     "parse_retry_after",
+    "read_body",
     "response_error",
     "retry_after_from",
     "split_lines",
@@ -336,6 +337,13 @@ def split_lines(pending: bytes, data: bytes) -> tuple[list[bytes], bytes]:
         return [], pending + data
     lines = (pending + data).split(b"\n")
     return lines, lines.pop()
+
+
+async def read_body(response: aiohttp.ClientResponse) -> tuple[bytes, float]:
+    """A response's whole body, and the ``perf_counter`` time its first bytes came."""
+    first = await response.content.readany()
+    first_at = time.perf_counter()
+    return first + await response.content.read(), first_at
 
 
 def timeout_error(timeout: float | None, http_status: int | None) -> TransientError:

@@ -38,6 +38,7 @@ from .base import (
     ProviderModelMixin,
     StreamInfo,
     completion,
+    read_body,
     response_error,
     split_lines,
 )
@@ -257,13 +258,11 @@ class OpenAIChat(AsyncGeneratorProvider, ProviderModelMixin):
                     text = read_event(await _json(response, info), info, delta=False)
                     ttfb = (time.perf_counter() - start) * 1000.0
                     return completion([text] if text else [], ttfb, info)
-                first = await response.content.readany()
-                ttfb = (time.perf_counter() - start) * 1000.0
-                rest = await response.content.read()
+                body, first_at = await read_body(response)
         parser = SseParser(info)
-        texts = parser.feed(first + rest) + parser.close()
+        texts = parser.feed(body) + parser.close()
         _check_done(parser, info)
-        return completion(texts, ttfb, info)
+        return completion(texts, (first_at - start) * 1000.0, info)
 
 
 async def _json(response: aiohttp.ClientResponse, info: StreamInfo) -> dict[str, Any]:
