@@ -205,7 +205,9 @@ class Emulator:
             self.make_app(), handler_cancellation=True, access_log=None, shutdown_timeout=1.0
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        # A deep accept queue: clients open hundreds of connections at once at high
+        # concurrency, and overflowing the default (128) costs them a SYN retry (~1 s).
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True, backlog=4096)
         await site.start()
         host, port = self._runner.addresses[0][:2]
         self.port = port
