@@ -1,0 +1,437 @@
+"""The six sections of the suite, each one Markdown table, and the targets and headline.
+
+A :class:`Plan` holds the sizes: :data:`FULL` for the record, :data:`QUICK` for a run in
+under a minute. Sections ask :class:`~benchmarks.measure.Bench` for runs; runs another
+section already made with the same config are reused, not repeated.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .measure import (
+    AIBATCH,
+    BASELINE,
+    CLIENTS,
+    GPT4FREE,
+    MIXED_FAULTS,
+    Bench,
+    Config,
+    Run,
+    median,
+)
+from .report import num, ratio, sig, spread, table
+
+LATENCY_MS = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How big each section is."""
+
+    name: str
+    throughput: tuple[tuple[int, int], ...]  # (concurrency, prompts) at 50 ms
+    cost: tuple[int, int]  # (concurrency, prompts) at 50 ms, for all three clients
+    zero_latency_prompts: int  # aibatch alone, at the cost concurrency
+    requests: tuple[int, ...]  # concurrencies whose runs the requests table reports
+    memory_sizes: tuple[int, ...]
+    memory_concurrency: int
+    resume_rows: int
+    faults: tuple[int, int]  # (concurrency, prompts)
+
+    def prompts_at(self, concurrency: int) -> int:
+        for c, n in (*self.throughput, self.cost):
+            if c == concurrency:
+                return n
+        raise ValueError(f"no prompt count planned for concurrency {concurrency}")
+
+
+FULL = Plan(
+    name="full",
+    # At least 20 s at the bound (concurrency / 50 ms) up to 128; 50,000 prompts above.
+    throughput=((1, 400), (8, 3_200), (32, 12_800), (128, 51_200), (512, 50_000), (1024, 50_000)),
+    cost=(512, 50_000),
+    zero_latency_prompts=50_000,
+    requests=(128, 512),
+    memory_sizes=(10_000, 100_000, 1_000_000),
+    memory_concurrency=512,
+    resume_rows=100_000,
+    faults=(128, 20_000),
+)
+QUICK = Plan(
+    name="quick",
+    throughput=((8, 160), (128, 2_000)),
+    cost=(512, 2_000),
+    zero_latency_prompts=2_000,
+    requests=(128, 512),
+    memory_sizes=(2_000, 5_000),
+    memory_concurrency=512,
+    resume_rows=5_000,
+    faults=(128, 1_500),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    title: str
+    body: str
+
+
+def _good(runs: list[Run]) -> list[Run]:
+    return [r for r in runs if r.good]
+
+
+def _failed(runs: list[Run]) -> str:
+    """A table cell for a config whose runs all failed (details in the report's footer)."""
+    failed = sum(1 for r in runs if r.error)
+    return f"failed x{failed} (see Failed runs)" if failed else "no runs"
+
+
+def _cpu_cell(runs: list[Run], cpu: Callable[[Run], float], cores: Callable[[Run], float]) -> str:
+    return f"{num(median(cpu(r) for r in runs), 1)} ({median(cores(r) for r in runs):.2f})"
+
+
+def limited_by(
+    bound_ratio: float, client_cores: float, emulator_cores: float, overflows: float = 0
+) -> str:
+    """Which resource ran out, from the CPU each process used over the client's wall time."""
+    if bound_ratio >= 0.9:
+        verdict = "latency (at the bound)"
+    else:
+        saturated = [
+            name
+            for name, cores in (("client", client_cores), ("emulator", emulator_cores))
+            if cores >= 0.85
+        ]
+        if saturated:
+            verdict = " and ".join(saturated) + " CPU"
+        elif client_cores + emulator_cores >= 1.6:
+            verdict = "the 2 cores, shared"
+        else:
+            verdict = "neither CPU (start-up, waits)"
+    if overflows:
+        verdict += f"; {overflows:,.0f} listen queue overflows"
+    return verdict
+
+
+def throughput(bench: Bench, plan: Plan) -> Section:
+    rows = []
+    for c, n in plan.throughput:
+        config = Config(concurrency=c, prompts=n)
+        found = bench.compare_clients(CLIENTS, config)
+        base = median(r.rows_per_s for r in _good(found[BASELINE]))
+        g4f = median(r.rows_per_s for r in _good(found[GPT4FREE]))
+        for client in CLIENTS:
+            runs = _good(found[client])
+            if not runs:
+                rows.append([f"{c:,}", f"{n:,}", client, _failed(found[client]), *["-"] * 7])
+                continue
+            rate = median(r.rows_per_s for r in runs)
+            bound_ratio = rate / config.bound
+            rows.append(
+                [
+                    f"{c:,}",
+                    f"{n:,}",
+                    client,
+                    spread([r.rows_per_s for r in runs], num),
+                    ratio(bound_ratio),
+                    ratio(rate / g4f),
+                    ratio(rate / base),
+                    spread([r.wall_s for r in runs], lambda v: num(v, 1)),
+                    _cpu_cell(runs, lambda r: r.cpu_s, lambda r: r.client_cores),
+                    _cpu_cell(runs, lambda r: r.emulator_cpu_s, lambda r: r.emulator_cores),
+                    limited_by(
+                        bound_ratio,
+                        median(r.client_cores for r in runs),
+                        median(r.emulator_cores for r in runs),
+                        median(r.listen_overflows for r in runs),
+                    ),
+                ]
+            )
+    headers = [
+        "concurrency",
+        "prompts",
+        "client",
+        "rows/s median (range)",
+        f"/ bound (c / {LATENCY_MS} ms)",
+        "/ gpt4free",
+        "/ baseline",
+        "wall s",
+        "client CPU s (cores)",
+        "emulator CPU s (cores)",
+        "limited by",
+    ]
+    note = (
+        f"\n\n{LATENCY_MS} ms to the first chunk, 8 chunks per answer. rows/s = prompts / wall "
+        "time of the whole client process, start-up included. CPU s is user + sys of each "
+        "process over the client's run; cores = CPU s / wall s (this machine has "
+        f"{_cores()}). A process near 1.0 core is out of CPU."
+    )
+    return Section("Throughput", table(headers, rows) + note)
+
+
+def _cores() -> str:
+    return f"{len(os.sched_getaffinity(0))} usable cores"
+
+
+def cost(bench: Bench, plan: Plan) -> Section:
+    c, n = plan.cost
+    at_latency = bench.compare_clients(CLIENTS, Config(concurrency=c, prompts=n))
+    zero = Config(concurrency=c, prompts=plan.zero_latency_prompts, latency=0.0)
+    at_zero = bench.compare_clients([AIBATCH], zero)
+    startup = bench.compare_clients(CLIENTS, Config(concurrency=1, prompts=1, latency=0.0))
+
+    g4f = median(r.cpu_per_prompt for r in _good(at_latency[GPT4FREE]))
+    base = median(r.cpu_per_prompt for r in _good(at_latency[BASELINE]))
+    rows = []
+    groups: list[tuple[str, str, list[Run]]] = [
+        *(
+            (client, f"c={c}, {n:,} prompts, {LATENCY_MS} ms", at_latency[client])
+            for client in CLIENTS
+        ),
+        (AIBATCH, f"c={c}, {zero.prompts:,} prompts, 0 ms", at_zero[AIBATCH]),
+        *((client, "1 prompt, 0 ms (start-up)", startup[client]) for client in CLIENTS),
+    ]
+    for client, setting, found in groups:
+        runs = _good(found)
+        if not runs:
+            rows.append([client, setting, _failed(found), *["-"] * 7])
+            continue
+        per_prompt = median(r.cpu_per_prompt for r in runs)
+        compare = setting.endswith(f"{LATENCY_MS} ms")
+        rows.append(
+            [
+                client,
+                setting,
+                spread([r.cpu_per_prompt * 1000 for r in runs], sig),
+                ratio(per_prompt / g4f) if compare else "-",
+                ratio(per_prompt / base) if compare else "-",
+                num(median(r.process.user_s for r in runs if r.process), 2),
+                num(median(r.process.sys_s for r in runs if r.process), 2),
+                spread([r.wall_s for r in runs], lambda v: num(v, 2)),
+                num(median(r.client_cores for r in runs), 2),
+                num(median(r.peak_rss_mb for r in runs), 0),
+            ]
+        )
+    headers = [
+        "client",
+        "setting",
+        "CPU ms per prompt",
+        "/ gpt4free",
+        "/ baseline",
+        "user s",
+        "sys s",
+        "wall s",
+        "cores",
+        "peak RSS MB",
+    ]
+    note = (
+        "\n\nCPU = user + sys of the whole client process (os.wait4), end to end: start-up, "
+        "reading the CSV (aibatch), sending, checkpoint and Parquet output (aibatch). The "
+        "start-up rows are one prompt each: the fixed cost every run pays."
+    )
+    return Section("Cost per prompt", table(headers, rows) + note)
+
+
+def requests(bench: Bench, plan: Plan) -> Section:
+    rows = []
+    for c in plan.requests:
+        n = plan.prompts_at(c)
+        found = bench.compare_clients(CLIENTS, Config(concurrency=c, prompts=n))
+        for client in CLIENTS:
+            runs = _good(found[client])
+            if not runs:
+                rows.append([client, f"{c:,}", f"{n:,}", _failed(found[client]), *["-"] * 5])
+                continue
+            rows.append(
+                [
+                    client,
+                    f"{c:,}",
+                    f"{n:,}",
+                    num(median(r.token_requests for r in runs)),
+                    num(median(r.chat_requests for r in runs)),
+                    spread([r.requests_per_prompt for r in runs], lambda v: num(v, 4)),
+                    spread([r.connections / n for r in runs], lambda v: num(v, 3)),
+                    num(median(r.listen_overflows for r in runs)),
+                ]
+            )
+    headers = [
+        "client",
+        "concurrency",
+        "prompts",
+        "token requests",
+        "chat requests",
+        "requests per prompt",
+        "connections per prompt",
+        "listen queue overflows",
+    ]
+    note = (
+        "\n\nRequests from the emulator's /stats, before and after each run. Connections: TCP "
+        "connections the emulator accepted during the run (PassiveOpens in /proc/net/snmp, "
+        "which counts the whole network namespace: other servers here would add to it). "
+        "Listen queue overflows: connections the kernel dropped because the emulator's accept "
+        "queue (aiohttp's default backlog, 128) was full; each costs the client a SYN retry "
+        "about a second later (TcpExt ListenOverflows, namespace-wide too)."
+    )
+    return Section("Requests per prompt", table(headers, rows) + note)
+
+
+def memory(bench: Bench, plan: Plan) -> Section:
+    c = plan.memory_concurrency
+    configs = [
+        Config(concurrency=c, prompts=n, latency=0.0, input_format=fmt)
+        for n in plan.memory_sizes
+        for fmt in ("csv", "parquet")
+    ]
+    bench.keep.update(cfg for cfg in configs if _resumable(cfg, plan))
+    found = bench.compare([(AIBATCH, cfg) for cfg in configs], reps=1)
+    reference = plan.memory_sizes[-2] if len(plan.memory_sizes) > 1 else plan.memory_sizes[-1]
+    ref_rss = {
+        cfg.input_format: median(r.peak_rss_mb for r in _good(found[(AIBATCH, cfg)]))
+        for cfg in configs
+        if cfg.prompts == reference
+    }
+    rows = []
+    for cfg in configs:
+        runs = _good(found[(AIBATCH, cfg)])
+        if not runs:
+            rows.append([f"{cfg.prompts:,}", cfg.input_format, _failed(found[(AIBATCH, cfg)])])
+            rows[-1] += ["-"] * 5
+            continue
+        rss = median(r.peak_rss_mb for r in runs)
+        rows.append(
+            [
+                f"{cfg.prompts:,}",
+                cfg.input_format,
+                num(rss),
+                ratio(rss / ref_rss.get(cfg.input_format, float("nan"))),
+                num(median(r.wall_s for r in runs), 1),
+                num(median(r.rows_per_s for r in runs)),
+                num(median(r.cpu_s for r in runs), 1),
+            ]
+        )
+    headers = [
+        "rows",
+        "input",
+        "peak RSS MB",
+        f"/ {reference:,} rows",
+        "wall s",
+        "rows/s",
+        "CPU s",
+    ]
+    note = (
+        f"\n\naibatch run, c={c}, 0 ms latency, short prompts, output Parquet, checkpoint on. "
+        "Peak RSS of the aibatch process itself (ru_maxrss from os.wait4). One run each: "
+        "peak RSS hardly varies between runs."
+    )
+    return Section("Memory", table(headers, rows) + note)
+
+
+def _resumable(config: Config, plan: Plan) -> bool:
+    return config.prompts == plan.resume_rows and config.input_format == "csv"
+
+
+def resume(bench: Bench, plan: Plan) -> Section:
+    config = Config(concurrency=plan.memory_concurrency, prompts=plan.resume_rows, latency=0.0)
+    bench.keep.add(config)
+    first = bench.compare([(AIBATCH, config)], reps=1)[(AIBATCH, config)][0]
+    run_dir = bench.finished.get(config)
+    headers = [
+        "rows",
+        "first run wall s",
+        "first run requests",
+        "re-run wall s",
+        "re-run requests",
+        "rows reused",
+        "re-run CPU s",
+        "re-run peak RSS MB",
+    ]
+    if not first.good or run_dir is None:
+        return Section("Resume cost", table(headers, [[f"{config.prompts:,}", _failed([first])]]))
+    bench.log(f"  re-running the finished {config.prompts:,}-row job x {bench.reps}")
+    with bench.emulator(config) as emulator:
+        reruns = [
+            bench.run_one(AIBATCH, config, emulator, run_dir=run_dir, keep=True)
+            for _ in range(bench.reps)
+        ]
+    good = bench.reruns = _good(reruns)
+    if not good:
+        cells = [f"{config.prompts:,}", num(first.wall_s, 1), _failed(reruns)]
+    else:
+        cells = [
+            f"{config.prompts:,}",
+            num(first.wall_s, 1),
+            num(first.token_requests + first.chat_requests),
+            spread([r.wall_s for r in good], lambda v: num(v, 2)),
+            spread([r.token_requests + r.chat_requests for r in good], num),
+            num(median(r.reused for r in good)),
+            num(median(r.cpu_s for r in good), 2),
+            num(median(r.peak_rss_mb for r in good)),
+        ]
+    note = (
+        "\n\nThe same `aibatch run` command again on a finished job (CSV input, "
+        f"c={config.concurrency}), against a fresh emulator: requests are what it received."
+    )
+    return Section("Resume cost", table(headers, [cells]) + note)
+
+
+def faults(bench: Bench, plan: Plan) -> Section:
+    c, n = plan.faults
+    clean = Config(concurrency=c, prompts=n)
+    faulty = Config(concurrency=c, prompts=n, faults=tuple(MIXED_FAULTS.items()))
+    found = bench.compare([(AIBATCH, clean), (AIBATCH, faulty)])
+    clean_rate = median(r.rows_per_s for r in _good(found[(AIBATCH, clean)]))
+    rows = []
+    for label, cfg in (("no faults", clean), ("10% mixed faults", faulty)):
+        runs = _good(found[(AIBATCH, cfg)])
+        if not runs:
+            rows.append([label, _failed(found[(AIBATCH, cfg)]), *["-"] * 7])
+            continue
+        outcomes = runs[0].outcomes
+        injected = "/".join(
+            num(median(r.outcomes.get(k, 0) for r in runs))
+            for k in ("server_error", "rate_limited", "cut")
+        )
+        rows.append(
+            [
+                label,
+                spread([r.rows_per_s for r in runs], num),
+                ratio(median(r.rows_per_s for r in runs) / clean_rate),
+                spread([r.requests_per_prompt for r in runs], lambda v: num(v, 3)),
+                num(median(r.ok for r in runs)),
+                num(median(r.failed for r in runs)),
+                injected if outcomes else "0/0/0",
+                num(median(r.wall_s for r in runs), 1),
+                num(median(r.cpu_s for r in runs), 1),
+            ]
+        )
+    headers = [
+        "emulator",
+        "rows/s",
+        "/ no faults",
+        "requests per prompt",
+        "ok rows",
+        "failed rows",
+        "500 / 429 / cut",
+        "wall s",
+        "CPU s",
+    ]
+    share = ", ".join(f"{k} {v:g}" for k, v in MIXED_FAULTS.items())
+    note = (
+        f"\n\naibatch alone (the other clients do not retry), c={c}, {n:,} prompts, "
+        f"{LATENCY_MS} ms; faults: {share} (seconds for retry-after). Requests per prompt "
+        "counts token requests too."
+    )
+    return Section("Under faults", table(headers, rows) + note)
+
+
+SECTIONS: dict[str, Callable[[Bench, Plan], Section]] = {
+    "throughput": throughput,
+    "cost": cost,
+    "requests": requests,
+    "memory": memory,
+    "resume": resume,
+    "faults": faults,
+}
