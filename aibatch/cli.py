@@ -24,7 +24,14 @@ from click.core import ParameterSource
 from . import __version__
 from .console import ProgressReporter, provider_text, summary_text
 from .errors import AibatchError
-from .jobs.spec import INPUT_FORMATS, JobSpec, RetryPolicy, load_job, parse_max_failures
+from .jobs.spec import (
+    ENGINES,
+    INPUT_FORMATS,
+    JobSpec,
+    RetryPolicy,
+    load_job,
+    parse_max_failures,
+)
 from .providers import Emulator, Faults, get_provider, provider_names
 from .providers.emulator import PROTOCOLS
 from .runner.api import preview, run_job
@@ -37,7 +44,8 @@ _FIELDS = (
     "output", "input_format", "encoding", "prompt_column", "template", "system",
     "messages_column", "id_column", "provider", "model", "base_url", "proxy", "rps",
     "timeout", "limit", "emulate", "dedupe", "retry_failed", "restart", "temperature",
-    "top_p", "max_tokens", "seed", "stream", "api_key_env",
+    "top_p", "max_tokens", "seed", "stream", "api_key_env", "engine", "scheduler", "workers",
+    "partition_rows", "single_file",
 )  # fmt: skip
 
 
@@ -62,6 +70,7 @@ def main(verbose: int) -> None:
     """Run a file of prompts through a chat provider; get every answer back in Parquet."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("distributed").setLevel(level)  # Dask logs at INFO on its own
 
 
 _POSITIVE = click.FloatRange(min=0, min_open=True)
@@ -98,6 +107,11 @@ _run_options = _options(
                  help="Seconds one attempt may take."),
     click.option("--limit", type=click.IntRange(min=0), help="Only the first N rows."),
     click.option("--emulate", is_flag=True, help="Answer from a built-in local emulator."),
+    click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True),
+    click.option("--scheduler", help="Dask scheduler address (--engine dask)."),
+    click.option("--workers", type=click.IntRange(1), help="Local Dask worker processes."),
+    click.option("--partition-rows", type=click.IntRange(1), default=100_000, show_default=True),
+    click.option("--single-file", is_flag=True, help="Dask: one Parquet file, not a folder."),
     click.option("--job", "job_file", type=click.Path(dir_okay=False),
                  help="TOML job file; command-line options override it."),
     click.option("--dry-run", is_flag=True, help="Check the input, show prompts, send nothing."),

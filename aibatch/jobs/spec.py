@@ -17,6 +17,7 @@ from typing import Any
 from ..errors import UsageError
 
 __all__ = [
+    "ENGINES",
     "INPUT_FORMATS",
     "SAMPLING_OPTIONS",
     "JobSpec",
@@ -27,6 +28,7 @@ __all__ = [
 
 INPUT_FORMATS = ("csv", "tsv", "jsonl", "parquet")
 SAMPLING_OPTIONS = ("max_tokens", "seed", "stop", "temperature", "top_p")
+ENGINES = ("local", "dask")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -106,6 +108,11 @@ class JobSpec:
     max_failure_percent: float | None = None
     batch_rows: int = 10_000
     grace: float = 5.0
+    engine: str = "local"
+    scheduler: str | None = None
+    workers: int | None = None
+    partition_rows: int = 100_000
+    single_file: bool = False
 
     def __post_init__(self) -> None:
         _check(bool(self.input), "an input file is needed")
@@ -138,6 +145,18 @@ class JobSpec:
         )
         _check(1 <= self.batch_rows <= 1_000_000, "batch_rows must be between 1 and 1000000")
         _check(self.grace >= 0, "grace must be >= 0")
+        _check(self.engine in ENGINES, f"engine must be one of {', '.join(ENGINES)}")
+        _check(self.workers is None or self.workers >= 1, "workers must be >= 1")
+        _check(self.partition_rows >= 1, "partition_rows must be >= 1")
+        _check(
+            self.engine == "dask"
+            or (self.scheduler is None and self.workers is None and not self.single_file),
+            "--scheduler, --workers and --single-file go with --engine dask",
+        )
+        _check(
+            self.scheduler is None or self.workers is None,
+            "use --scheduler (an existing cluster) or --workers (a local one), not both",
+        )
         _check(
             self.template is None or self.messages_column is None,
             "use --template or --messages-column, not both",
@@ -156,13 +175,17 @@ class JobSpec:
         return dataclasses.replace(self, **changes)
 
     def output_path(self) -> Path:
-        """Where the Parquet output goes: ``--output``, or beside the input."""
+        """Where the output goes: ``--output``, or beside the input.
+
+        With the Dask engine the default is a dataset folder, ``INPUT_STEM.responses``.
+        """
         if self.output:
             return Path(self.output)
         if self.input == "-":
             return Path("stdin.responses.parquet")
-        source = Path(self.input)
-        return source.with_name(f"{source.stem}.responses.parquet")
+        source = Path(self.input.rstrip("/*"))
+        folder = self.engine == "dask" and not self.single_file
+        return source.with_name(f"{source.stem}.responses" + ("" if folder else ".parquet"))
 
     def public_options(self) -> dict[str, Any]:
         """The options worth recording in output metadata: no proxy credentials."""

@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "arun_file",
     "arun_frame",
+    "arun_frame_spec",
     "arun_job",
     "preview",
     "run_file",
@@ -70,6 +71,7 @@ async def arun_job(
     source: InputSource | None = None,
     on_progress: ProgressCallback | None = None,
     stop: anyio.Event | None = None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> Summary:
     """Run the job ``spec`` describes; the async core of every entry point.
 
@@ -78,6 +80,7 @@ async def arun_job(
         source: rows to use instead of opening ``spec.input``.
         on_progress: called with live counts a few times a second.
         stop: set it to stop the run gracefully (see :func:`run_partition`).
+        metadata: more to record in the output's metadata (a partition's identity).
 
     Raises:
         AibatchError: a subclass; nothing is sent when it is a :class:`UsageError`.
@@ -113,6 +116,7 @@ async def arun_job(
                 service=service,
                 on_progress=on_progress,
                 stop=stop,
+                metadata=metadata,
             )
 
 
@@ -209,6 +213,10 @@ def run_job(
     With ``on_signal``, SIGINT and SIGTERM stop the run gracefully (the first) or at
     once (the second), and ``on_signal`` is told of each.
     """
+    if spec.engine == "dask":
+        from .distributed import run_dask_job  # Dask is an optional extra
+
+        return run_dask_job(spec)
     if on_signal is None:
         return anyio.run(lambda: arun_job(spec, on_progress=on_progress), backend="asyncio")
     return anyio.run(_with_signals, spec, on_progress, on_signal, backend="asyncio")
@@ -254,9 +262,14 @@ def run_frame(frame: Any, **options: Any) -> Any:
 
 async def arun_frame(frame: Any, **options: Any) -> Any:
     """The async twin of :func:`run_frame`."""
+    return await arun_frame_spec(frame, JobSpec(input="<DataFrame>", **options))
+
+
+async def arun_frame_spec(frame: Any, spec: JobSpec) -> Any:
+    """Run a DataFrame as the job ``spec`` says (its ``output``, if any, keeps a checkpoint)."""
     with tempfile.TemporaryDirectory(prefix="aibatch-frame-") as scratch:
-        output = options.pop("output", None) or str(Path(scratch) / "frame.parquet")
-        spec = JobSpec(input="<DataFrame>", output=str(output), **options)
+        output = spec.output or str(Path(scratch) / "frame.parquet")
+        spec = spec.replace(output=output)
         source = frame_source(frame, batch_rows=spec.batch_rows, limit=spec.limit)
         summary = await arun_job(spec, source=source)
         result = await anyio.to_thread.run_sync(read_frame, output)
@@ -288,7 +301,7 @@ def preview(spec: JobSpec, count: int = 5) -> tuple[int, int, list[tuple[int, st
                 if request is None:
                     skipped += 1
                 elif len(shown) < count:
-                    shown.append((batch.start + index, provider.render(request)))
+                    shown.append((batch.first_row + index, provider.render(request)))
             rows += batch.data.num_rows
         builder.check_columns(source.columns)
         output_schema(source.schema())

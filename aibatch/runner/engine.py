@@ -23,10 +23,10 @@ import math
 import time
 from array import array
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import numpy as np
@@ -112,6 +112,7 @@ async def run_partition(
     service: str,
     on_progress: ProgressCallback | None = None,
     stop: anyio.Event | None = None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> Summary:
     """Run one partition from input to Parquet output.
 
@@ -124,12 +125,15 @@ async def run_partition(
         on_progress: called with live counts a few times a second.
         stop: when set, stop starting requests, let those in flight finish for
             ``spec.grace`` seconds, store what finished, and return ``interrupted``.
+        metadata: more to record in the output file's ``aibatch`` metadata.
 
     Raises:
         InputError: a bad row (before anything is sent).
         OutputError, CheckpointError: the output or the checkpoint cannot be written.
     """
-    return await _Partition(source, spec, provider, output, service, on_progress, stop).run()
+    partition = _Partition(source, spec, provider, output, service, on_progress, stop)
+    partition.metadata = dict(metadata or {})
+    return await partition.run()
 
 
 class _Partition:
@@ -166,6 +170,7 @@ class _Partition:
         self._senders: anyio.CancelScope | None = None
         self._pending: list[RowResult] = []
         self._flush_lock = anyio.Lock()
+        self.metadata: dict[str, Any] = {}
 
     async def run(self) -> Summary:
         began = time.monotonic()
@@ -481,7 +486,7 @@ class _Partition:
                 tokens["truncated"] += (
                     pc.sum(pc.equal(records.column("finish_reason"), "length")).as_py() or 0
                 )
-                writer.write(assemble(batch.data, batch.start, records, constants))
+                writer.write(assemble(batch.data, batch.first_row, records, constants))
             summary.prompt_tokens = tokens["prompt_tokens"]
             summary.completion_tokens = tokens["completion_tokens"]
             summary.truncated = tokens["truncated"]
@@ -491,6 +496,7 @@ class _Partition:
             summary.errors_by_type = dict(errors)
             writer.commit(
                 {
+                    **self.metadata,
                     "version": __version__,
                     "options": self.spec.public_options(),
                     "counts": {

@@ -9,10 +9,13 @@ Every problem is an :class:`InputError` naming the file, the line and the column
 from __future__ import annotations
 
 import csv
+import glob
+import hashlib
 import json
+import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -23,7 +26,17 @@ import pyarrow.parquet as pq
 from ..errors import InputError
 from ..jobs.spec import INPUT_FORMATS
 
-__all__ = ["Batch", "InputSource", "TableSource", "open_input", "spool_stdin"]
+__all__ = [
+    "Batch",
+    "InputSource",
+    "PartitionFile",
+    "TableSource",
+    "dataset_files",
+    "dataset_partitions",
+    "open_input",
+    "spool_stdin",
+    "stage_partitions",
+]
 
 _EXTENSIONS = {
     ".csv": "csv",
@@ -43,18 +56,24 @@ class Batch:
 
     Attributes:
         data: the rows, every input column.
-        start: 0-based position of the first row in the input.
+        start: 0-based position of the first row in its source.
         lines: the 1-based line each row starts on (text formats), for error messages.
+        offset: position of the source's first row in the whole job (a partition's).
     """
 
     data: pa.RecordBatch
     start: int
     lines: list[int] | None = None
+    offset: int = 0
+
+    @property
+    def first_row(self) -> int:
+        """0-based position of the first row in the whole job."""
+        return self.offset + self.start
 
     def line_of(self, index: int) -> tuple[int | None, int]:
         """``(line, row)`` of the batch's ``index``-th row, for an :class:`InputError`."""
-        row = self.start + index
-        return (self.lines[index] if self.lines else None), row
+        return (self.lines[index] if self.lines else None), self.first_row + index
 
 
 class InputSource:
@@ -64,6 +83,7 @@ class InputSource:
         path: the file to read.
         name: how messages name the input (the path, ``<stdin>``, ``<DataFrame>``).
         columns: the input's column names (for JSONL, complete after one full read).
+        offset: position of the first row in the whole job, when this is one partition.
     """
 
     def __init__(
@@ -73,9 +93,11 @@ class InputSource:
         name: str | None = None,
         batch_rows: int = 10_000,
         limit: int | None = None,
+        offset: int = 0,
     ) -> None:
         self.path = path
         self.name = name or path
+        self.offset = offset
         self.batch_rows = batch_rows
         self.limit = limit
         self.columns: list[str] = []
@@ -110,6 +132,8 @@ class InputSource:
                         batch.lines[:left] if batch.lines else None,
                     )
                 left -= batch.data.num_rows
+            if self.offset:
+                batch = Batch(batch.data, batch.start, batch.lines, self.offset)
             yield batch
             if left is not None and left <= 0:
                 return
@@ -380,6 +404,7 @@ def open_input(
     batch_rows: int = 10_000,
     limit: int | None = None,
     name: str | None = None,
+    offset: int = 0,
 ) -> InputSource:
     """Open ``path`` as a source of batches (``name`` is how messages call it).
 
@@ -397,7 +422,12 @@ def open_input(
         raise InputError(label, "is a directory, not a file")
     if file.stat().st_size == 0:
         raise InputError(label, "is empty")
-    common: dict[str, Any] = {"batch_rows": batch_rows, "limit": limit, "name": name}
+    common: dict[str, Any] = {
+        "batch_rows": batch_rows,
+        "limit": limit,
+        "name": name,
+        "offset": offset,
+    }
     if fmt == "parquet":
         return ParquetSource(path, **common)
     if fmt == "jsonl":
@@ -416,3 +446,106 @@ def spool_stdin(directory: Path) -> Path:
 def frame_source(frame: Any, **kwargs: Any) -> TableSource:
     """A pandas DataFrame as a source (its index is not kept)."""
     return TableSource(pa.Table.from_pandas(frame, preserve_index=False), **kwargs)
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionFile:
+    """One partition of a job, as a Parquet file.
+
+    Attributes:
+        index: the partition's number; outputs are ordered by it.
+        path: the Parquet file holding its rows.
+        offset: position of its first row in the whole job.
+        rows: how many rows it holds.
+        digest: what identifies its rows (a content hash, or the file's size and time).
+    """
+
+    index: int
+    path: str
+    offset: int
+    rows: int
+    digest: str
+
+
+def dataset_files(spec_input: str) -> list[str] | None:
+    """The Parquet files of a dataset folder or glob, sorted; ``None`` for a single file.
+
+    Raises:
+        InputError: a folder or glob with no Parquet file in it.
+    """
+    path = Path(spec_input)
+    if path.is_dir():
+        files = sorted(str(f) for f in path.rglob("*.parquet") if not f.name.startswith("."))
+    elif any(c in spec_input for c in "*?["):
+        files = sorted(glob.glob(spec_input))
+    else:
+        return None
+    if not files:
+        raise InputError(spec_input, "holds no .parquet files")
+    return files
+
+
+def dataset_partitions(files: list[str]) -> list[PartitionFile]:
+    """Each file of a Parquet dataset as a partition, identified by size and mtime."""
+    partitions, offset = [], 0
+    for index, name in enumerate(files):
+        try:
+            rows = pq.ParquetFile(name).metadata.num_rows
+            stat = os.stat(name)
+        except (OSError, pa.ArrowException) as exc:
+            raise InputError(name, f"not a readable Parquet file: {exc}") from exc
+        digest = f"file:{stat.st_size}:{stat.st_mtime_ns}"
+        partitions.append(PartitionFile(index, name, offset, rows, digest))
+        offset += rows
+    return partitions
+
+
+def stage_partitions(
+    source: InputSource, folder: Path, rows_per_partition: int, check: Callable[[Batch], None]
+) -> list[PartitionFile]:
+    """Split ``source`` into Parquet files of ``rows_per_partition`` rows under ``folder``.
+
+    Every batch is passed to ``check`` first, so a bad row stops the job before any
+    partition runs. A partition whose content is unchanged since the last split (same
+    hash) is not written again.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    partitions: list[PartitionFile] = []
+    pending: list[pa.RecordBatch] = []
+    count = offset = 0
+
+    def flush() -> None:
+        nonlocal pending, count, offset
+        table = pa.Table.from_batches(pending, schema=source.schema())
+        digest = _table_digest(table)
+        path = folder / f"part-{len(partitions):05d}.parquet"
+        marker = path.with_suffix(".digest")
+        if not (path.exists() and marker.exists() and marker.read_text() == digest):
+            temp = path.with_name(f".{path.name}.tmp")
+            pq.write_table(table, temp)
+            os.replace(temp, path)
+            marker.write_text(digest)
+        partitions.append(PartitionFile(len(partitions), str(path), offset, count, digest))
+        offset += count
+        pending, count = [], 0
+
+    for batch in source.batches():
+        check(batch)
+        data = batch.data
+        while data.num_rows:
+            take = min(data.num_rows, rows_per_partition - count)
+            pending.append(data.slice(0, take))
+            count += take
+            data = data.slice(take)
+            if count == rows_per_partition:
+                flush()
+    if count:
+        flush()
+    return partitions
+
+
+def _table_digest(table: pa.Table) -> str:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table.combine_chunks())
+    return "sha256:" + hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()

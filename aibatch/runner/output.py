@@ -164,3 +164,23 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 def read_frame(path: str | Path) -> Any:
     """An output file as a pandas DataFrame."""
     return pq.read_table(path).to_pandas()
+
+
+def concatenate(parts: list[str], output: Path, metadata: Mapping[str, Any]) -> int:
+    """Join partition outputs, in the order given, into one file written atomically."""
+    schema = pq.read_schema(parts[0]).remove_metadata()
+    rows = 0
+    with OutputWriter(output, schema) as writer:
+        for part in parts:
+            with pq.ParquetFile(part) as handle:
+                for batch in handle.iter_batches():
+                    writer.write(pa.Table.from_batches([batch]).replace_schema_metadata(None))
+                    rows += batch.num_rows
+        writer.commit(metadata)
+    return rows
+
+
+def output_frame(frame: Any) -> Any:
+    """An empty pandas DataFrame with the output columns for input like ``frame``."""
+    schema = output_schema(pa.Schema.from_pandas(frame, preserve_index=False))
+    return schema.remove_metadata().empty_table().to_pandas()

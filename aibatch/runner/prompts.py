@@ -111,7 +111,7 @@ class PromptBuilder:
         """Each row's id: the ``--id-column`` value, else its 0-based position."""
         n = batch.data.num_rows
         if not self.spec.id_column:
-            return [str(i) for i in range(batch.start, batch.start + n)]
+            return [str(i) for i in range(batch.first_row, batch.first_row + n)]
         values = _column(batch, self.spec.id_column)
         for index, value in enumerate(values):
             if value is None or value == "":

@@ -1,0 +1,306 @@
+"""The Dask driver: a job's partitions as Dask tasks, each run by the one engine.
+
+The driver splits a single input file into partitions of ``partition_rows`` rows
+(checking every row first, so a bad row stops the job before anything is sent), or takes
+each file of a Parquet dataset as a partition. Each partition is one Dask task that
+calls :func:`arun_job` (so :func:`run_partition`) in the worker's own event loop, with
+its own provider session and token, its own output file ``part-NNNNN.parquet`` and its
+own checkpoint beside it in the output folder. A task that Dask retries after its
+worker died resumes from that checkpoint. A partition whose output already records the
+same rows and request options is finished: no task is started for it.
+
+``-c`` and ``--rps`` are the whole job's budget: each running partition gets an equal
+share, ``c // slots`` and ``rps / slots``, where ``slots`` is the number of partitions
+that can run at once (the cluster's worker threads, or fewer partitions).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from ..errors import OutputError, UsageError
+from ..jobs.spec import JobSpec
+from .api import arun_frame_spec, arun_job, checked_provider
+from .inputs import PartitionFile, dataset_files, dataset_partitions, open_input
+from .inputs import stage_partitions as _stage
+from .output import concatenate, output_frame, output_schema, read_metadata
+from .prompts import PromptBuilder
+from .summary import Summary
+
+log = logging.getLogger(__name__)
+
+__all__ = ["run_dask", "run_dask_job", "run_dataset"]
+
+_SUMMED = (
+    "rows", "ok", "error", "skipped", "sent", "requests", "reused", "deduped",
+    "token_requests", "garbage_lines", "prompt_tokens", "completion_tokens", "truncated",
+)  # fmt: skip
+# Options that change what is asked; a partition run under others must run again.
+_REQUEST_OPTIONS = (
+    "prompt_column", "template", "system", "messages_column", "id_column", "provider",
+    "model", "emulate", "temperature", "top_p", "max_tokens", "seed", "stop",
+)  # fmt: skip
+
+
+def _dask() -> Any:
+    try:
+        import distributed
+    except ImportError as exc:
+        raise UsageError("--engine dask needs Dask: pip install 'aibatch[dask]'") from exc
+    return distributed
+
+
+def run_dataset(input: str | Path, output: str | Path | None = None, **options: Any) -> Summary:
+    """Run a file or a Parquet dataset on a Dask cluster; write a Parquet dataset.
+
+    Args:
+        input: a file (split into partitions of ``partition_rows``), or a folder or glob
+            of Parquet files (one partition each).
+        output: the output folder [default: ``INPUT_STEM.responses``]; with
+            ``single_file=True``, the one Parquet file.
+        **options: any :class:`JobSpec` field; ``scheduler=`` an existing cluster's
+            address or ``workers=N`` for a local cluster of N processes.
+
+    Returns:
+        The summary over every partition.
+    """
+    spec = JobSpec(
+        input=str(input),
+        output=None if output is None else str(output),
+        engine="dask",
+        **options,
+    )
+    return run_dask_job(spec)
+
+
+def run_dask_job(spec: JobSpec) -> Summary:
+    """Run ``spec`` (``engine="dask"``) partition by partition on a Dask cluster."""
+    began = time.monotonic()
+    distributed = _dask()
+    provider = checked_provider(spec)
+    target = spec.output_path()
+    folder = target.with_name(target.name + ".parts") if spec.single_file else target
+    if spec.scheduler and not folder.is_absolute():
+        raise UsageError(
+            f"with a remote --scheduler the output must be an absolute path on storage every"
+            f" worker reaches, not {str(folder)!r}"
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output folder {folder}: {exc.strerror}") from exc
+    partitions = _partitions(spec, folder, provider.get_model(spec.model))  # type: ignore[attr-defined]
+    identity = _request_identity(spec)
+    outputs = [folder / f"part-{p.index:05d}.parquet" for p in partitions]
+    done = [_finished(out, p, identity) for p, out in zip(partitions, outputs, strict=True)]
+    todo = [i for i, counts in enumerate(done) if counts is None]
+    log.info(
+        "%d partitions: %d finished, %d to run",
+        len(partitions),
+        len(partitions) - len(todo),
+        len(todo),
+    )
+    results: list[dict[str, Any]] = []
+    if todo:
+        with _client(distributed, spec) as client:
+            slots = max(1, min(len(todo), sum(client.nthreads().values())))
+            share = spec.replace(
+                engine="local",
+                scheduler=None,
+                workers=None,
+                single_file=False,
+                concurrency=max(1, spec.concurrency // slots),
+                rps=spec.rps / slots if spec.rps else None,
+            )
+            futures = client.map(
+                run_partition_task,
+                [share] * len(todo),
+                [partitions[i] for i in todo],
+                [str(outputs[i]) for i in todo],
+                [identity] * len(todo),
+                pure=False,
+                retries=3,
+            )
+            results = client.gather(futures)
+    summary = _aggregate(spec, target, [d for d in done if d is not None], results)
+    if spec.single_file and not summary.interrupted:
+        concatenate([str(o) for o in outputs], target, {"counts": _counts(summary)})
+    summary.wall_s = time.monotonic() - began
+    return summary
+
+
+def run_partition_task(
+    spec: JobSpec, partition: PartitionFile, output: str, identity: str
+) -> dict[str, Any]:
+    """One Dask task: run one partition through the engine, in this worker's own loop."""
+    source = open_input(
+        partition.path,
+        input_format="parquet",
+        batch_rows=spec.batch_rows,
+        offset=partition.offset,
+        name=f"{spec.input} (partition {partition.index})",
+    )
+    metadata = {
+        "partition": {
+            "index": partition.index,
+            "rows": partition.rows,
+            "offset": partition.offset,
+            "identity": identity,
+            "digest": partition.digest,
+        }
+    }
+    job = spec.replace(input=partition.path, output=output)
+    run = functools.partial(arun_job, job, source=source, metadata=metadata)
+    return anyio.run(run, backend="asyncio").to_dict()
+
+
+def _partitions(spec: JobSpec, folder: Path, model: str) -> list[PartitionFile]:
+    files = dataset_files(spec.input)
+    if files is not None:
+        partitions = dataset_partitions(files)
+        first = open_input(files[0], input_format="parquet")
+        builder = PromptBuilder(spec, model, spec.input)
+        builder.check_columns(first.columns)
+        output_schema(first.schema())
+        return partitions
+    source = open_input(
+        spec.input,
+        input_format=spec.input_format,
+        encoding=spec.encoding,
+        batch_rows=spec.batch_rows,
+        limit=spec.limit,
+    )
+    builder = PromptBuilder(spec, model, source.name)
+    if source.columns:
+        builder.check_columns(source.columns)
+
+    def check(batch: Any) -> None:
+        builder.ids(batch)
+        builder.requests(batch)
+
+    partitions = _stage(source, folder / "_input", spec.partition_rows, check)
+    builder.check_columns(source.columns)
+    output_schema(source.schema())
+    return partitions
+
+
+def _request_identity(spec: JobSpec) -> str:
+    options = {name: getattr(spec, name) for name in _REQUEST_OPTIONS}
+    text = json.dumps(options, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _finished(output: Path, partition: PartitionFile, identity: str) -> dict[str, Any] | None:
+    """The counts of a partition whose output is complete for these rows and options."""
+    if not output.exists():
+        return None
+    try:
+        metadata = read_metadata(output)
+    except (OSError, ValueError):
+        return None
+    recorded = metadata.get("partition", {})
+    if recorded.get("digest") != partition.digest or recorded.get("identity") != identity:
+        return None
+    counts: dict[str, Any] = metadata.get("counts", {})
+    return counts
+
+
+def _aggregate(
+    spec: JobSpec,
+    target: Path,
+    finished: Sequence[dict[str, Any]],
+    ran: Sequence[dict[str, Any]],
+) -> Summary:
+    summary = Summary(input=spec.input, output=str(target), provider=spec.provider)
+    for counts in finished:  # untouched partitions: every row reused from before
+        summary.rows += counts.get("rows", 0)
+        summary.ok += counts.get("ok", 0)
+        summary.error += counts.get("error", 0)
+        summary.skipped += counts.get("skipped", 0)
+        summary.reused += counts.get("rows", 0) - counts.get("skipped", 0)
+    summary.concurrency = spec.concurrency  # the whole job's budget, shared by partitions
+    medians: list[float] = []
+    worst: list[float] = []
+    for result in ran:
+        for name in _SUMMED:
+            setattr(summary, name, getattr(summary, name) + result.get(name, 0))
+        for kind, count in result.get("errors_by_type", {}).items():
+            summary.errors_by_type[kind] = summary.errors_by_type.get(kind, 0) + count
+        summary.interrupted |= bool(result.get("interrupted"))
+        summary.model = result.get("model", summary.model)
+        if result.get("latency_p50_ms") is not None:
+            medians.append(result["latency_p50_ms"])
+            worst.append(result["latency_p95_ms"])
+    # Percentiles do not add up across partitions: the median of the partitions' medians,
+    # and the worst partition's p95.
+    if medians:
+        summary.latency_p50_ms = sorted(medians)[len(medians) // 2]
+        summary.latency_p95_ms = max(worst)
+    return summary
+
+
+def _counts(summary: Summary) -> dict[str, int]:
+    return {
+        "rows": summary.rows,
+        "ok": summary.ok,
+        "error": summary.error,
+        "skipped": summary.skipped,
+        "reused": summary.reused,
+        "deduped": summary.deduped,
+    }
+
+
+@contextmanager
+def _client(distributed: Any, spec: JobSpec) -> Iterator[Any]:
+    if spec.scheduler:
+        with distributed.Client(spec.scheduler) as client:
+            yield client
+        return
+    with (
+        distributed.LocalCluster(
+            n_workers=spec.workers or 2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.WARNING,
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client
+
+
+def run_dask(ddf: Any, **options: Any) -> Any:
+    """Answer every row of a Dask DataFrame, lazily: one task per partition.
+
+    Args:
+        ddf: a ``dask.dataframe.DataFrame`` with a prompt column (or ``prompt_column=``).
+        **options: any :class:`JobSpec` field; ``output=`` a folder where each partition
+            keeps its Parquet file and checkpoint, so recomputing resumes.
+
+    Returns:
+        A lazy ``dask.dataframe.DataFrame``: the input columns and the result columns
+        (its ``meta`` is the output schema). ``row`` counts within each partition.
+    """
+    spec = JobSpec(input="<dask>", **options)
+    checked_provider(spec)
+    if spec.output:
+        Path(spec.output).mkdir(parents=True, exist_ok=True)
+    return ddf.map_partitions(_frame_task, spec, meta=output_frame(ddf._meta))
+
+
+def _frame_task(frame: Any, spec: JobSpec, partition_info: dict[str, Any] | None = None) -> Any:
+    number = (partition_info or {}).get("number", 0)
+    output = str(Path(spec.output) / f"part-{number:05d}.parquet") if spec.output else None
+    job = dataclasses.replace(spec, output=output)
+    return anyio.run(functools.partial(arun_frame_spec, frame, job), backend="asyncio")
