@@ -54,6 +54,7 @@ class Config:
     latency: float = 0.05
     faults: tuple[tuple[str, float], ...] = ()
     input_format: str = "csv"  # of aibatch's input; the other clients take a count
+    extra: tuple[str, ...] = ()  # more `aibatch run` options (--adaptive, --engine dask, ...)
 
     @property
     def bound(self) -> float:
@@ -61,8 +62,12 @@ class Config:
         return self.concurrency / self.latency if self.latency else float("inf")
 
     def describe(self) -> str:
-        faults = " + 10% faults" if self.faults else ""
-        return f"c={self.concurrency}, {self.prompts:,} prompts, {self.latency * 1000:g} ms{faults}"
+        faults = " + faults" if self.faults else ""
+        extra = f" {' '.join(self.extra)}" if self.extra else ""
+        return (
+            f"c={self.concurrency}{extra}, {self.prompts:,} prompts, "
+            f"{self.latency * 1000:g} ms{faults}"
+        )
 
 
 @dataclass(slots=True)
@@ -187,6 +192,7 @@ class Bench:
                 "--no-progress",
                 "--summary-json",
                 str(run_dir / "summary.json"),
+                *config.extra,
             ]
         module = CLIENT_MODULES[client]
         return [

@@ -2,10 +2,12 @@
 
 Additive increase, multiplicative decrease, as TCP does: start low and double the
 limit every "window" of clean answers (slow start) until the first 429, then grow by
-one per window; on a 429, cut to ``decrease`` times the requests that were in flight
-(not the nominal limit, which may be far above what was really sent). One cut per
-window: the requests already in flight were sent under the old limit, and their 429s
-say nothing new. The result settles just under the service's limit, with few 429s.
+one per window. A 429 says precisely that ``n`` in flight was too many, so every 429
+brings the limit down to ``n - 1`` at once: a 429 comes back fast, and a slot above
+the service's capacity would otherwise spin out 429 after 429. Once per window the
+limit is also cut to ``decrease`` times what was in flight (not the nominal limit,
+which may be far above what was really sent), to leave headroom. The result settles
+just under the service's limit, with few 429s.
 """
 
 from __future__ import annotations
@@ -56,9 +58,9 @@ class AdaptiveLimit:
     def rate_limited(self, inflight: int) -> int:
         """A request was answered 429 while ``inflight`` were in flight; return the limit."""
         self.slow_start = False
-        if self.cuts and self._since_cut < self.current:
-            return self.current  # this window was already cut for
-        self.limit = max(float(self.floor), min(self.limit, float(inflight)) * self.decrease)
-        self.cuts += 1
-        self._since_cut = 0
+        self.limit = max(float(self.floor), min(self.limit, float(inflight - 1)))
+        if not self.cuts or self._since_cut >= self.current:  # once per window
+            self.limit = max(float(self.floor), min(self.limit, float(inflight)) * self.decrease)
+            self.cuts += 1
+            self._since_cut = 0
         return self.current
