@@ -57,10 +57,11 @@ class SseParser:
     not JSON as garbage, and raises the mapped error for an ``error`` event.
     """
 
-    __slots__ = ("_data", "_pending", "done", "info")
+    __slots__ = ("_data", "_pending", "done", "info", "secret")
 
-    def __init__(self, info: StreamInfo) -> None:
+    def __init__(self, info: StreamInfo, *, secret: str | None = None) -> None:
         self.info = info
+        self.secret = secret
         self._pending = b""
         self._data: list[bytes] = []
         self.done = False
@@ -103,17 +104,19 @@ class SseParser:
         if not isinstance(event, dict):
             self.info.garbage_lines += 1
             return None
-        return read_event(event, self.info, delta=True)
+        return read_event(event, self.info, delta=True, secret=self.secret)
 
 
-def read_event(event: dict[str, Any], info: StreamInfo, *, delta: bool) -> str | None:
+def read_event(
+    event: dict[str, Any], info: StreamInfo, *, delta: bool, secret: str | None = None
+) -> str | None:
     """The text of one chat-completions object (a stream chunk, or a whole answer).
 
     Raises:
-        ProviderError: the object is an ``error``.
+        ProviderError: the object is an ``error`` (``secret`` blanked from its message).
     """
     if "error" in event:
-        raise event_error(event["error"], info.http_status)
+        raise event_error(event["error"], info.http_status, secret=secret)
     usage = event.get("usage")
     if isinstance(usage, dict):
         info.prompt_tokens = _int(usage.get("prompt_tokens"))
@@ -133,11 +136,18 @@ def _int(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def event_error(error: object, http_status: int | None) -> ProviderError:
-    """The exception for an ``error`` object inside an answer."""
+def event_error(
+    error: object, http_status: int | None, *, secret: str | None = None
+) -> ProviderError:
+    """The exception for an ``error`` object inside an answer.
+
+    ``secret`` (the API key) is blanked out of the message, in case the server quotes it.
+    """
     fields = error if isinstance(error, dict) else {"message": str(error)}
     kind = f"{fields.get('type') or ''} {fields.get('code') or ''}".lower()
     message = f"error in the answer: {fields.get('message') or kind.strip() or 'unknown'}"
+    if secret:
+        message = message.replace(secret, "***")
     if "rate_limit" in kind:
         return RateLimited(message, http_status=http_status)
     if "api_key" in kind or "authentication" in kind or "permission" in kind:
@@ -232,11 +242,13 @@ class OpenAIChat(AsyncGeneratorProvider, ProviderModelMixin):
             async with self._post(body, proxy or self.proxy) as response:
                 await self._check(response, info)
                 if not self.stream:
-                    text = read_event(await _json(response, info), info, delta=False)
+                    text = read_event(
+                        await _json(response, info), info, delta=False, secret=self._api_key
+                    )
                     if text:
                         yield text
                     return
-                parser = SseParser(info)
+                parser = SseParser(info, secret=self._api_key)
                 async for data in response.content.iter_any():
                     for text in parser.feed(data):
                         yield text
@@ -255,11 +267,13 @@ class OpenAIChat(AsyncGeneratorProvider, ProviderModelMixin):
             async with self._post(body, self.proxy) as response:
                 await self._check(response, info)
                 if not self.stream:
-                    text = read_event(await _json(response, info), info, delta=False)
+                    text = read_event(
+                        await _json(response, info), info, delta=False, secret=self._api_key
+                    )
                     ttfb = (time.perf_counter() - start) * 1000.0
                     return completion([text] if text else [], ttfb, info)
                 body, first_at = await read_body(response)
-        parser = SseParser(info)
+        parser = SseParser(info, secret=self._api_key)
         texts = parser.feed(body) + parser.close()
         _check_done(parser, info)
         return completion(texts, (first_at - start) * 1000.0, info)

@@ -18,7 +18,7 @@ from typing import Any
 
 import anyio
 
-from ..errors import AibatchError, UsageError
+from ..errors import AibatchError, Unauthorized, UsageError
 from ..jobs.spec import JobSpec
 from ..providers import AsyncGeneratorProvider, Emulator, get_provider
 from ..providers.emulator import PROTOCOLS
@@ -85,6 +85,27 @@ async def arun_job(
     Raises:
         AibatchError: a subclass; nothing is sent when it is a :class:`UsageError`.
     """
+    try:
+        return await _arun_job(
+            spec, source=source, on_progress=on_progress, stop=stop, metadata=metadata
+        )
+    except Unauthorized as exc:
+        variable = spec.api_key_env or get_provider(spec.provider).api_key_env
+        hint = f"; check the key in ${variable} (or name another with --api-key-env)"
+        raise Unauthorized(
+            f"the service refused the API key: {exc}{hint if variable else ''}",
+            http_status=exc.http_status,
+        ) from None
+
+
+async def _arun_job(
+    spec: JobSpec,
+    *,
+    source: InputSource | None,
+    on_progress: ProgressCallback | None,
+    stop: anyio.Event | None,
+    metadata: Mapping[str, Any] | None,
+) -> Summary:
     with _plain_errors(), tempfile.TemporaryDirectory(prefix="aibatch-") as scratch:
         if source is None:
             source = await anyio.to_thread.run_sync(_open_source, spec, Path(scratch))

@@ -58,9 +58,10 @@ class AdaptiveLimit:
     def rate_limited(self, inflight: int) -> int:
         """A request was answered 429 while ``inflight`` were in flight; return the limit."""
         self.slow_start = False
-        self.limit = max(float(self.floor), min(self.limit, float(inflight - 1)))
+        limit = min(self.limit, float(inflight - 1))
         if not self.cuts or self._since_cut >= self.current:  # once per window
-            self.limit = max(float(self.floor), min(self.limit, float(inflight)) * self.decrease)
+            limit = min(limit, min(self.limit, float(inflight)) * self.decrease)
             self.cuts += 1
             self._since_cut = 0
+        self.limit = max(float(self.floor), limit)
         return self.current

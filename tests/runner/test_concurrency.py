@@ -1,0 +1,253 @@
+"""AdaptiveLimit as a pure unit: a scripted sequence of outcomes in, the limits out.
+
+An outcome is ``OK`` (an answer came back) or ``throttled(n)`` (a 429 while ``n``
+requests were in flight). Nothing here sleeps or touches the network; the last tests
+simulate a service with a fixed number of slots, round by round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from itertools import pairwise
+
+import pytest
+
+from aibatch.runner.concurrency import AdaptiveLimit
+
+OK = "ok"
+
+
+def throttled(inflight: int) -> tuple[str, int]:
+    return ("429", inflight)
+
+
+def ok(n: int) -> list[str]:
+    return [OK] * n
+
+
+def drive(limit: AdaptiveLimit, outcomes: Iterable[str | tuple[str, int]]) -> list[int]:
+    """Feed ``outcomes`` to ``limit``; return the limit after each one."""
+    limits = []
+    for outcome in outcomes:
+        if outcome == OK:
+            limits.append(limit.succeeded())
+        else:
+            _, inflight = outcome
+            limits.append(limit.rate_limited(inflight))
+        assert limits[-1] == limit.current
+    return limits
+
+
+# slow start
+
+
+def test_the_limit_starts_at_four_requests():
+    assert AdaptiveLimit(512).current == 4
+
+
+def test_slow_start_doubles_the_limit_with_every_window_of_clean_answers():
+    limits = drive(AdaptiveLimit(512), ok(4 + 8 + 16 + 32))
+
+    assert limits == list(range(5, 65))
+    # a window is as many answers as the limit allowed in flight
+    assert [limits[3], limits[4 + 8 - 1], limits[4 + 8 + 16 - 1], limits[-1]] == [8, 16, 32, 64]
+
+
+def test_slow_start_stops_at_the_ceiling():
+    assert drive(AdaptiveLimit(6), ok(6)) == [5, 6, 6, 6, 6, 6]
+
+
+# the cut
+
+
+def first_cut() -> AdaptiveLimit:
+    """A limit of 40 after its first 429, which came with more requests in flight."""
+    limit = AdaptiveLimit(512, start=40)
+    assert drive(limit, [throttled(100)]) == [36]  # 0.9 x 40
+    assert limit.cuts == 1
+    return limit
+
+
+def test_the_first_429_cuts_by_the_decrease_factor():
+    first_cut()
+
+
+def test_the_decrease_factor_sets_the_depth_of_the_cut():
+    limit = AdaptiveLimit(512, start=20, decrease=0.5)
+
+    assert drive(limit, [throttled(40)]) == [10]
+
+
+def test_the_first_429_cuts_even_before_any_answer():
+    limit = AdaptiveLimit(512)
+
+    assert drive(limit, [throttled(4)])[-1] < 4
+    assert limit.cuts == 1
+
+
+def test_a_cut_is_decrease_times_the_requests_in_flight():
+    limit = AdaptiveLimit(512)
+    drive(limit, ok(28))
+    assert limit.current == 32
+
+    assert drive(limit, [throttled(20)]) == [18]  # 0.9 x 20 in flight, not x 32 allowed
+
+
+def test_every_429_brings_the_limit_below_what_was_in_flight():
+    limit = first_cut()
+
+    assert drive(limit, [throttled(30), throttled(25)]) == [29, 24]
+    # more in flight than the limit: sent under an older, higher limit, nothing new
+    assert drive(limit, [throttled(50), throttled(25)]) == [24, 24]
+    assert limit.cuts == 1  # these were caps, not cuts
+
+
+def test_only_one_cut_by_the_decrease_factor_is_made_per_window():
+    limit = first_cut()
+
+    # the burst's other 429s were sent under the old limit: they say nothing new
+    assert drive(limit, [throttled(100)] * 5) == [36] * 5
+    assert limit.cuts == 1
+    # nor does a 429 before a whole window (36 answers) came back since the cut
+    assert drive(limit, [*ok(35), throttled(100)])[-1] == 36
+    assert limit.cuts == 1
+    # once it has, the next 429 cuts again
+    assert drive(limit, [*ok(1), throttled(100)])[-1] == 33  # 0.9 x 36.9
+    assert limit.cuts == 2
+
+
+def test_slow_start_ends_at_the_first_429():
+    limit = first_cut()
+
+    assert drive(limit, ok(5)) == [36] * 5
+    assert not limit.slow_start
+
+
+def test_after_the_first_cut_the_limit_grows_by_one_per_window():
+    limit = AdaptiveLimit(512, start=10)
+    drive(limit, [throttled(50)])
+    assert limit.current == 9
+
+    limits = drive(limit, ok(300))
+
+    steps = [b - a for a, b in pairwise([9, *limits])]
+    assert set(steps) == {0, 1}
+    # each step up by one takes a window: as many answers as the limit (or one more)
+    rises = [i for i, step in enumerate(steps) if step]
+    for before, after in pairwise(rises):
+        window = limits[before]
+        assert after - before in (window, window + 1)
+    assert len(rises) == limits[-1] - 9 >= 10
+
+
+def test_additive_growth_stops_at_the_ceiling():
+    limit = AdaptiveLimit(12, start=12)
+    drive(limit, [throttled(12)])
+
+    assert drive(limit, ok(100))[-1] == 12
+
+
+# bounds
+
+
+def test_the_limit_never_goes_below_the_floor():
+    limit = AdaptiveLimit(100, floor=3)
+
+    assert drive(limit, [throttled(1)]) == [3]
+    assert drive(limit, [*ok(3), throttled(3), throttled(1)] * 5) == [3, 3, 3, 3, 3] * 5
+
+
+def test_the_default_floor_is_one_request():
+    limit = AdaptiveLimit(100, start=1)
+
+    assert drive(limit, [throttled(1)]) == [1]
+
+
+@pytest.mark.parametrize(
+    ("options", "current"),
+    [
+        ({"ceiling": 2}, 2),
+        ({"ceiling": 100, "start": 1, "floor": 3}, 3),
+        ({"ceiling": 100, "start": 50}, 50),
+    ],
+)
+def test_the_start_is_kept_between_the_floor_and_the_ceiling(options, current):
+    assert AdaptiveLimit(**options).current == current
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"ceiling": 0},
+        {"ceiling": 4, "floor": 5},
+        {"ceiling": 4, "floor": 0},
+        {"ceiling": 4, "decrease": 0.0},
+        {"ceiling": 4, "decrease": 1.0},
+        {"ceiling": 4, "decrease": 1.5},
+    ],
+)
+def test_bounds_that_make_no_sense_are_refused(options):
+    with pytest.raises(ValueError):
+        AdaptiveLimit(**options)
+
+
+def test_the_repr_shows_the_limit_the_ceiling_and_the_cuts():
+    assert repr(first_cut()) == "AdaptiveLimit(current=36, ceiling=512, cuts=1)"
+
+
+# a whole scripted run
+
+
+def test_a_scripted_run_of_slow_start_a_burst_of_429s_and_recovery():
+    limit = AdaptiveLimit(40)
+    outcomes = [
+        *ok(17),  # slow start: 4 -> 21
+        throttled(21),  # the first 429: cut by the decrease factor, to 18
+        throttled(21),  # the same burst: nothing new
+        throttled(20),
+        throttled(18),  # 18 in flight were too many too: 17
+        *ok(17),  # additive: + 1/limit each, not yet 18
+        throttled(30),  # a window since the cut: cut again, 0.9 x 17.9...
+        *ok(1),
+    ]
+
+    limits = drive(limit, outcomes)
+
+    assert limits == [*range(5, 22), 18, 18, 18, 17, *[17] * 17, 16, 16]
+    assert limit.cuts == 2
+    assert not limit.slow_start
+
+
+# against a simulated service with a fixed number of slots
+
+
+def simulate(capacity: int, rounds: int = 300) -> list[tuple[int, int]]:
+    """Each round sends ``current`` requests at once; those beyond ``capacity`` get 429s.
+
+    The 429s come back first (they are answered at once), then the answers. Returns
+    ``(limit, refused)`` per round.
+    """
+    limit = AdaptiveLimit(512)
+    history = []
+    for _ in range(rounds):
+        sent = limit.current
+        refused = max(0, sent - capacity)
+        drive(limit, [throttled(sent)] * refused + ok(sent - refused))
+        history.append((sent, refused))
+    return history
+
+
+def assert_settles_just_under(capacity: int, history: list[tuple[int, int]]) -> None:
+    settled = history[-100:]
+    limits = [sent for sent, _ in settled]
+    refused = sum(r for _, r in settled) / sum(limits)
+    assert 0.8 * capacity <= min(limits)
+    assert max(limits) <= capacity + 1
+    assert refused <= 0.2
+
+
+@pytest.mark.parametrize("capacity", [4, 8, 16, 32, 100])
+def test_against_a_service_with_a_fixed_number_of_slots_the_limit_settles_just_under_them(
+    capacity,
+):
+    assert_settles_just_under(capacity, simulate(capacity))
