@@ -24,6 +24,7 @@ from click.core import ParameterSource
 from . import __version__
 from .console import ProgressReporter, provider_text, summary_text
 from .errors import AibatchError
+from .jobs.checkpoint import open_private
 from .jobs.spec import (
     ENGINES,
     INPUT_FORMATS,
@@ -161,7 +162,8 @@ def run(ctx: click.Context, /, input: str | None, **opts: Any) -> None:
         if reporter is not None:
             reporter.close()
     if opts["summary_json"]:
-        Path(opts["summary_json"]).write_text(summary.to_json() + "\n", encoding="utf-8")
+        with open_private(Path(opts["summary_json"])) as handle:
+            handle.write((summary.to_json() + "\n").encode())
     if not opts["quiet"]:
         click.echo(summary_text(summary), err=True)
     if summary.interrupted:

@@ -43,6 +43,11 @@ __all__ = [
 ]
 
 
+def shown(name: str) -> str:
+    """A column or file name as it can stand in a one-line message."""
+    return name if name.isprintable() else repr(name)
+
+
 class AibatchError(Exception):
     """Base class of every error aibatch raises on purpose."""
 

@@ -443,21 +443,25 @@ class Emulator:
         self, request: web.Request, pieces: list[bytes], fault: str, content_type: str
     ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": content_type})
-        await response.prepare(request)
-        if fault == "cut":
-            await response.write(pieces[0][: max(1, len(pieces[0]) // 2)])
-            assert request.transport is not None
-            request.transport.close()
-            self.stats.outcomes["cut"] += 1
+        try:
+            await response.prepare(request)
+            if fault == "cut":
+                await response.write(pieces[0][: max(1, len(pieces[0]) // 2)])
+                assert request.transport is not None
+                request.transport.close()
+                self.stats.outcomes["cut"] += 1
+                return response
+            if self.chunk_delay:
+                for i, piece in enumerate(pieces):
+                    if i:
+                        await anyio.sleep(self.chunk_delay)
+                    await response.write(piece)
+            else:
+                await response.write(b"".join(pieces))
+            await response.write_eof()
+        except ConnectionResetError:  # the client went away (a run stopped): not our error
+            self.stats.outcomes["client_gone"] += 1
             return response
-        if self.chunk_delay:
-            for i, piece in enumerate(pieces):
-                if i:
-                    await anyio.sleep(self.chunk_delay)
-                await response.write(piece)
-        else:
-            await response.write(b"".join(pieces))
-        await response.write_eof()
         self.stats.outcomes[fault] += 1
         return response
 

@@ -23,7 +23,7 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import InputError
+from ..errors import InputError, shown
 from ..jobs.spec import INPUT_FORMATS
 
 __all__ = [
@@ -208,7 +208,9 @@ class CsvSource(InputSource):
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise InputError(
-                self.name, f"the header names a column twice: {', '.join(duplicates)}", line=line
+                self.name,
+                f"the header names a column twice: {', '.join(map(shown, duplicates))}",
+                line=line,
             )
         return names
 
@@ -302,14 +304,35 @@ class JsonlSource(InputSource):
                     records.append(record)
                     lines.append(number)
                     if len(records) == self.batch_rows:
-                        yield Batch(_json_batch(list(keys), records), start, lines)
+                        yield Batch(self._batch(list(keys), records, lines), start, lines)
                         start += len(records)
                         records, lines = [], []
             except UnicodeDecodeError as exc:
                 raise _decode_error(self.path, self.encoding, exc, self.name) from exc
         if records:
-            yield Batch(_json_batch(list(keys), records), start, lines)
+            yield Batch(self._batch(list(keys), records, lines), start, lines)
         self.columns = list(keys)
+
+    def _batch(
+        self, names: list[str], records: list[dict[str, Any]], lines: list[int]
+    ) -> pa.RecordBatch:
+        try:
+            return _json_batch(names, records)
+        except (UnicodeEncodeError, pa.ArrowException):
+            # JSON may escape lone surrogates (\ud800), which are not text: find the line.
+            for record, line in zip(records, lines, strict=True):
+                for key, value in record.items():
+                    for text in (key, _json_text(value)):
+                        try:
+                            (text or "").encode("utf-8")
+                        except UnicodeEncodeError as exc:
+                            raise InputError(
+                                self.name,
+                                "text that is not valid Unicode (a lone surrogate such as \\ud800)",
+                                line=line,
+                                column=key,
+                            ) from exc
+            raise
 
     def _no_rows_reason(self) -> str:
         return "is empty (no JSON objects)"
@@ -342,7 +365,9 @@ class ParquetSource(InputSource):
         self.columns = list(self._schema.names)
         duplicates = sorted({n for n in self.columns if self.columns.count(n) > 1})
         if duplicates:
-            raise InputError(self.name, f"names a column twice: {', '.join(duplicates)}")
+            raise InputError(
+                self.name, f"names a column twice: {', '.join(map(shown, duplicates))}"
+            )
 
     def schema(self) -> pa.Schema:
         """The file's own schema, without pandas metadata."""
@@ -354,9 +379,28 @@ class ParquetSource(InputSource):
             with pq.ParquetFile(self.path) as handle:
                 for data in handle.iter_batches(batch_size=self.batch_rows):
                     if data.num_rows:
-                        yield Batch(data.replace_schema_metadata(None), start)
+                        self._validate(data, start)
+                        yield Batch(data.replace_schema_metadata(None), start, None, self.offset)
                         start += data.num_rows
         except pa.ArrowException as exc:
+            raise InputError(self.name, f"not a readable Parquet file: {exc}") from exc
+
+    def _validate(self, data: pa.RecordBatch, start: int) -> None:
+        """Refuse string cells that are not valid UTF-8, naming the row and column."""
+        try:
+            data.validate(full=True)
+        except pa.ArrowInvalid as exc:
+            for name, column in zip(data.schema.names, data.columns, strict=True):
+                if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+                    continue
+                for index, value in enumerate(column.cast(pa.binary()).to_pylist()):
+                    try:
+                        (value or b"").decode("utf-8")
+                    except UnicodeDecodeError:
+                        row = self.offset + start + index
+                        raise InputError(
+                            self.name, f"row {row}: text that is not valid UTF-8", column=name
+                        ) from exc
             raise InputError(self.name, f"not a readable Parquet file: {exc}") from exc
 
 

@@ -100,6 +100,13 @@ class OutputWriter:
         self.rows = 0
 
     def __enter__(self) -> OutputWriter:
+        # Temp files of earlier runs that died while writing this output (the caller holds
+        # the output's lock, so no other run is writing it now).
+        prefix = f".{self.path.name}."
+        for stale in self.path.parent.iterdir():
+            if stale.name.startswith(prefix) and stale.name.endswith(".tmp"):
+                with contextlib.suppress(OSError):
+                    stale.unlink()
         try:
             self._file = open_private(self.temp)
             self._writer = pq.ParquetWriter(self._file, self.schema, compression="zstd")

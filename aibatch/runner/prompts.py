@@ -16,7 +16,7 @@ import string
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import InputError, UsageError
+from ..errors import InputError, UsageError, shown
 from ..jobs.spec import JobSpec
 from ..providers.helpers import to_text
 from ..types import ChatRequest, Message
@@ -104,7 +104,8 @@ class PromptBuilder:
                 )
                 raise InputError(
                     self.path,
-                    f"no column {name!r} ({option}); the columns are: {', '.join(columns)}",
+                    f"no column {name!r} ({option}); the columns are:"
+                    f" {', '.join(map(shown, columns))}",
                 )
 
     def ids(self, batch: Batch) -> list[str]:
@@ -112,7 +113,7 @@ class PromptBuilder:
         n = batch.data.num_rows
         if not self.spec.id_column:
             return [str(i) for i in range(batch.first_row, batch.first_row + n)]
-        values = _column(batch, self.spec.id_column)
+        values = self._texts(batch, self.spec.id_column)
         for index, value in enumerate(values):
             if value is None or value == "":
                 line, row = batch.line_of(index)
@@ -132,10 +133,7 @@ class PromptBuilder:
         if self.template is not None:
             prompts = self._from_template(batch)
         else:
-            prompts = [
-                v if isinstance(v, str) or v is None else str(v)
-                for v in _column(batch, self.spec.prompt_column)
-            ]
+            prompts = self._texts(batch, self.spec.prompt_column)
         model, system, options = self.model, self.system, self.options
         return [
             None
@@ -146,7 +144,7 @@ class PromptBuilder:
 
     def _from_template(self, batch: Batch) -> list[str | None]:
         assert self.template is not None
-        columns = {name: _column(batch, name) for _, name in self.template if name is not None}
+        columns = {name: self._texts(batch, name) for _, name in self.template if name is not None}
         out: list[str | None] = []
         for i in range(batch.data.num_rows):
             values = {name: column[i] for name, column in columns.items()}
@@ -179,6 +177,31 @@ class PromptBuilder:
             out.append(
                 ChatRequest(messages=tuple(messages), model=self.model, options=self.options)
             )
+        return out
+
+    def _texts(self, batch: Batch, name: str) -> list[str | None]:
+        """A column's cells as text: bytes decoded as UTF-8, lists and structs as JSON."""
+        values = _column(batch, name)
+        if all(v is None or isinstance(v, str) for v in values):
+            return values
+        out: list[str | None] = []
+        for index, value in enumerate(values):
+            if isinstance(value, bytes):
+                try:
+                    value = value.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    line, row = batch.line_of(index)
+                    raise InputError(
+                        self.path,
+                        f"row {row}: bytes that are not valid UTF-8 text",
+                        line=line,
+                        column=name,
+                    ) from exc
+            elif isinstance(value, (dict, list)):
+                value = json.dumps(value, ensure_ascii=False, default=str)
+            elif value is not None and not isinstance(value, str):
+                value = str(value)
+            out.append(value)
         return out
 
 
