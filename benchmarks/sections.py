@@ -278,7 +278,7 @@ def requests(bench: Bench, plan: Plan) -> Section:
         "connections the emulator accepted during the run (PassiveOpens in /proc/net/snmp, "
         "which counts the whole network namespace: other servers here would add to it). "
         "Listen queue overflows: connections the kernel dropped because the emulator's accept "
-        "queue (aiohttp's default backlog, 128) was full; each costs the client a SYN retry "
+        "queue (a backlog of 4096) was full; each costs the client a SYN retry "
         "about a second later (TcpExt ListenOverflows, namespace-wide too)."
     )
     return Section("Requests per prompt", table(headers, rows) + note)
@@ -508,13 +508,13 @@ def dask(bench: Bench, plan: Plan) -> Section:
         )
     few, many = walls["2 Dask workers, 2 partitions"], walls["2 Dask workers, 8 partitions"]
     per_partition = (many - few) / 6
-    headers = ["engine", "rows/s", "wall s", "driver CPU s", "emulator CPU s"]
+    headers = ["engine", "rows/s", "wall s", "aibatch CPU s", "emulator CPU s"]
     note = (
         f"\n\nc=1024 in all (shared by the partitions running at once), {n:,} prompts, an "
         f"emulator at zero latency in its own process. On 2 cores the workers, the driver "
         f"and the emulator share the same CPUs, so this shows what the engine costs, not a "
         f"speed-up. Overhead per partition (8 partitions against 2, same rows): "
-        f"{per_partition:.2f} s. Driver CPU counts the driver process only, not its workers."
+        f"{per_partition:.2f} s. aibatch CPU counts the aibatch process and the Dask worker processes it started (os.wait4 includes the children a process waited for)."
     )
     return Section("One process and Dask", table(headers, rows) + note)
 
