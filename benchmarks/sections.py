@@ -514,7 +514,8 @@ def dask(bench: Bench, plan: Plan) -> Section:
         f"emulator at zero latency in its own process. On 2 cores the workers, the driver "
         f"and the emulator share the same CPUs, so this shows what the engine costs, not a "
         f"speed-up. Overhead per partition (8 partitions against 2, same rows): "
-        f"{per_partition:.2f} s. aibatch CPU counts the aibatch process and the Dask worker processes it started (os.wait4 includes the children a process waited for)."
+        f"{per_partition:.2f} s. aibatch CPU counts the aibatch process and the Dask worker "
+        "processes it started (os.wait4 includes the children a process waited for)."
     )
     return Section("One process and Dask", table(headers, rows) + note)
 
