@@ -106,9 +106,9 @@ async def _arun_job(
     stop: anyio.Event | None,
     metadata: Mapping[str, Any] | None,
 ) -> Summary:
-    with _plain_errors(), tempfile.TemporaryDirectory(prefix="aibatch-") as scratch:
+    with _plain_errors(), _scratch(spec) as scratch:
         if source is None:
-            source = await anyio.to_thread.run_sync(_open_source, spec, Path(scratch))
+            source = await anyio.to_thread.run_sync(_open_source, spec, scratch)
         output = spec.output_path()
         check_output(output, [spec.input])
         provider_class = checked_provider(spec)
@@ -182,10 +182,21 @@ def _api_key(spec: JobSpec, provider: type[AsyncGeneratorProvider]) -> str | Non
     return key
 
 
-def _open_source(spec: JobSpec, scratch: Path) -> InputSource:
+@contextlib.contextmanager
+def _scratch(spec: JobSpec) -> Iterator[Path | None]:
+    """A temporary folder for spooling standard input; none for a file."""
+    if spec.input != "-":
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="aibatch-") as folder:
+        yield Path(folder)
+
+
+def _open_source(spec: JobSpec, scratch: Path | None) -> InputSource:
     path = spec.input
     fmt = spec.input_format
     if path == "-":
+        assert scratch is not None
         path, fmt = str(spool_stdin(scratch)), fmt or "csv"
     return open_input(
         path,
@@ -307,8 +318,8 @@ def preview(spec: JobSpec, count: int = 5) -> tuple[int, int, list[tuple[int, st
     Raises:
         UsageError: whatever a real run would refuse before sending.
     """
-    with tempfile.TemporaryDirectory(prefix="aibatch-") as scratch:
-        source = _open_source(spec, Path(scratch))
+    with _scratch(spec) as scratch:
+        source = _open_source(spec, scratch)
         check_output(spec.output_path(), [spec.input])
         provider = checked_provider(spec)(base_url=spec.base_url or "http://127.0.0.1")
         builder = PromptBuilder(spec, provider.get_model(spec.model), source.name)  # type: ignore[attr-defined]
