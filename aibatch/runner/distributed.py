@@ -135,7 +135,7 @@ def run_dask_job(spec: JobSpec) -> Summary:
             results = client.gather(futures)
     summary = _aggregate(spec, target, [d for d in done if d is not None], results)
     if spec.single_file and not summary.interrupted:
-        concatenate([str(o) for o in outputs], target, {"counts": _counts(summary)})
+        concatenate([str(o) for o in outputs], target, {"counts": summary.counts()})
     summary.wall_s = time.monotonic() - began
     return summary
 
@@ -248,17 +248,6 @@ def _aggregate(
         summary.latency_p50_ms = sorted(medians)[len(medians) // 2]
         summary.latency_p95_ms = max(worst)
     return summary
-
-
-def _counts(summary: Summary) -> dict[str, int]:
-    return {
-        "rows": summary.rows,
-        "ok": summary.ok,
-        "error": summary.error,
-        "skipped": summary.skipped,
-        "reused": summary.reused,
-        "deduped": summary.deduped,
-    }
 
 
 @contextmanager

@@ -499,14 +499,7 @@ class _Partition:
                     **self.metadata,
                     "version": __version__,
                     "options": self.spec.public_options(),
-                    "counts": {
-                        "rows": summary.rows,
-                        "ok": summary.ok,
-                        "error": summary.error,
-                        "skipped": summary.skipped,
-                        "reused": summary.reused,
-                        "deduped": summary.deduped,
-                    },
+                    "counts": summary.counts(),
                 }
             )
 

@@ -67,6 +67,17 @@ class Summary:
         """Rows finished per second of wall time."""
         return self.rows / self.wall_s if self.wall_s > 0 else 0.0
 
+    def counts(self) -> dict[str, int]:
+        """The row counts an output file's metadata records."""
+        return {
+            "rows": self.rows,
+            "ok": self.ok,
+            "error": self.error,
+            "skipped": self.skipped,
+            "reused": self.reused,
+            "deduped": self.deduped,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """The summary as JSON-ready values."""
         data = dataclasses.asdict(self)
