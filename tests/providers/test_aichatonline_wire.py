@@ -12,7 +12,6 @@ import re
 import time
 import traceback
 from collections.abc import AsyncIterator, Iterator
-from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -34,6 +33,7 @@ from aibatch.providers.aichatonline import BASE_URL_ENV, AiChatOnline
 from aibatch.providers.base import StreamInfo
 from aibatch.providers.helpers import format_prompt
 from aibatch.types import ChatRequest, Completion, Message
+from tests.providers.compat import CompatResponse
 
 BASE = "https://chat.test"
 TOKEN_PATH = "/api/v1/user/getUniqueId"
@@ -54,14 +54,6 @@ BROWSER_HEADERS = {
     "Sec-Fetch-Mode": "cors",
     "Sec-Fetch-Site": "same-origin",
 }
-
-
-class CompatResponse(aiohttp.ClientResponse):
-    """aioresponses 0.7.9 builds responses without aiohttp 3.14's ``stream_writer``."""
-
-    def __init__(self, method: str, url: URL, **kwargs: Any) -> None:
-        kwargs.setdefault("stream_writer", SimpleNamespace(output_size=0))
-        super().__init__(method, url, **kwargs)
 
 
 def token_url_pattern(base: str = BASE) -> re.Pattern[str]:

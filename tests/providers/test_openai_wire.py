@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import traceback
 from collections.abc import AsyncIterator, Iterator
-from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -34,18 +33,11 @@ from aibatch.providers.base import (
 )
 from aibatch.providers.openai import OpenAIChat, SseParser, event_error, read_event
 from aibatch.types import ChatRequest, Completion, Message
+from tests.providers.compat import CompatResponse
 
 BASE = "https://llm.test/v1"
 CHAT_URL = f"{BASE}/chat/completions"
 KEY = "sk-test-9c1f4e7a2b8d6053aa"
-
-
-class CompatResponse(aiohttp.ClientResponse):
-    """aioresponses 0.7.9 builds responses without aiohttp 3.14's ``stream_writer``."""
-
-    def __init__(self, method: str, url: URL, **kwargs: Any) -> None:
-        kwargs.setdefault("stream_writer", SimpleNamespace(output_size=0))
-        super().__init__(method, url, **kwargs)
 
 
 # what servers send
