@@ -42,6 +42,13 @@ def invoke(*args: object, env: dict[str, str | None] | None = None) -> Result:
     return CliRunner().invoke(main, [str(a) for a in args], env=env, catch_exceptions=False)
 
 
+def run_openai(
+    source: object, base_url: str, *args: object, env: dict[str, str | None] | None = None
+) -> Result:
+    """``aibatch run SOURCE --provider openai --base-url BASE_URL ARGS...``."""
+    return invoke("run", source, "--provider", "openai", "--base-url", base_url, *args, env=env)
+
+
 def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
@@ -118,12 +125,8 @@ def test_the_system_message_and_a_conversation_keep_their_roles(tmp_path: Path):
     source = write_csv(tmp_path / "in.csv", [{"messages": json.dumps(conversation)}])
 
     with openai_emulator() as emu:
-        result = invoke(
-            "run",
+        result = run_openai(
             source,
-            "--provider",
-            "openai",
-            "--base-url",
             emu.base_url,
             "--messages-column",
             "messages",
@@ -145,12 +148,8 @@ def test_no_stream_gets_the_same_answers_as_a_stream(tmp_path: Path):
     source = prompts_csv(tmp_path, questions(4))
     with openai_emulator() as emu:
         results = [
-            invoke(
-                "run",
+            run_openai(
                 source,
-                "--provider",
-                "openai",
-                "--base-url",
                 emu.base_url,
                 "-o",
                 tmp_path / f"{name}.parquet",
@@ -202,12 +201,8 @@ def test_a_changed_sampling_option_sends_the_rows_again_and_an_unchanged_one_doe
 
         def run(value: str | None) -> dict[str, Any]:
             extra = [option, value] if value is not None else []
-            result = invoke(
-                "run",
+            result = run_openai(
                 source,
-                "--provider",
-                "openai",
-                "--base-url",
                 emu.base_url,
                 "-q",
                 "--summary-json",
@@ -262,12 +257,8 @@ def test_answers_cut_by_max_tokens_are_ok_and_counted_as_truncated(tmp_path: Pat
     source = prompts_csv(tmp_path, [*questions(3), "short"])
 
     with openai_emulator() as emu:
-        result = invoke(
-            "run",
+        result = run_openai(
             source,
-            "--provider",
-            "openai",
-            "--base-url",
             emu.base_url,
             "--max-tokens",
             3,
@@ -299,12 +290,8 @@ def test_injected_faults_still_end_every_row_ok(tmp_path: Path):
     )
 
     with openai_emulator(faults=faults) as emu:
-        result = invoke(
-            "run",
+        result = run_openai(
             source,
-            "--provider",
-            "openai",
-            "--base-url",
             emu.base_url,
             "--job",
             fast_retries(tmp_path),
@@ -338,12 +325,12 @@ def test_injected_faults_still_end_every_row_ok(tmp_path: Path):
 def test_a_rerun_resumes_and_sends_only_new_rows(tmp_path: Path):
     source = prompts_csv(tmp_path, questions(10))
     with openai_emulator() as emu:
-        first = invoke("run", source, "--provider", "openai", "--base-url", emu.base_url)
-        again = invoke("run", source, "--provider", "openai", "--base-url", emu.base_url)
+        first = run_openai(source, emu.base_url)
+        again = run_openai(source, emu.base_url)
         before = emu.stats.chat_requests
         with source.open("a", encoding="utf-8") as handle:
             handle.write("A brand new question\n")
-        appended = invoke("run", source, "--provider", "openai", "--base-url", emu.base_url)
+        appended = run_openai(source, emu.base_url)
         after = emu.stats.chat_requests
 
     assert first.exit_code == again.exit_code == appended.exit_code == 0
@@ -358,7 +345,7 @@ def test_answers_from_the_emulator_are_not_reused_for_a_real_server(tmp_path: Pa
     emulated = invoke("run", source, "--provider", "openai", "--emulate", "-q")
 
     with openai_emulator() as emu:
-        served = invoke("run", source, "--provider", "openai", "--base-url", emu.base_url)
+        served = run_openai(source, emu.base_url)
         sent = emu.stats.chat_requests
 
     assert emulated.exit_code == served.exit_code == 0
@@ -369,24 +356,16 @@ def test_answers_from_the_emulator_are_not_reused_for_a_real_server(tmp_path: Pa
 def test_identical_requests_are_sent_once_and_no_dedupe_sends_each(tmp_path: Path):
     source = prompts_csv(tmp_path, ["same", "other", "same", "same", "other", "third"])
     with openai_emulator() as emu:
-        deduped = invoke(
-            "run",
+        deduped = run_openai(
             source,
-            "--provider",
-            "openai",
-            "--base-url",
             emu.base_url,
             "-q",
             "--summary-json",
             tmp_path / "d.json",
         )
         with_dedupe = emu.stats.chat_requests
-        each = invoke(
-            "run",
+        each = run_openai(
             source,
-            "--provider",
-            "openai",
-            "--base-url",
             emu.base_url,
             "-q",
             "--no-dedupe",
@@ -414,12 +393,8 @@ def test_adaptive_concurrency_against_a_limited_server_ends_every_row_ok(tmp_pat
     source = prompts_csv(tmp_path, questions(160))
 
     with openai_emulator(latency=0.02, faults=Faults(max_inflight=limit, retry_after=0.01)) as emu:
-        result = invoke(
-            "run",
+        result = run_openai(
             source,
-            "--provider",
-            "openai",
-            "--base-url",
             emu.base_url,
             "-c",
             "auto",
@@ -448,12 +423,8 @@ def test_adaptive_with_a_ceiling_never_has_more_in_flight(tmp_path: Path):
     source = prompts_csv(tmp_path, questions(60))
 
     with openai_emulator(latency=0.01) as emu:
-        result = invoke(
-            "run",
+        result = run_openai(
             source,
-            "--provider",
-            "openai",
-            "--base-url",
             emu.base_url,
             "--adaptive",
             "-c",
@@ -477,12 +448,8 @@ def test_the_key_is_read_from_openai_api_key(tmp_path: Path):
     source = prompts_csv(tmp_path, questions(3))
 
     with openai_emulator(api_key=KEY) as emu:
-        result = invoke(
-            "run",
+        result = run_openai(
             source,
-            "--provider",
-            "openai",
-            "--base-url",
             emu.base_url,
             env={"OPENAI_API_KEY": KEY},
         )
@@ -495,12 +462,8 @@ def test_api_key_env_names_the_variable_to_read(tmp_path: Path):
     source = prompts_csv(tmp_path, questions(3))
 
     with openai_emulator(api_key=KEY) as emu:
-        result = invoke(
-            "run",
+        result = run_openai(
             source,
-            "--provider",
-            "openai",
-            "--base-url",
             emu.base_url,
             "--api-key-env",
             "MY_LLM_KEY",
@@ -515,12 +478,8 @@ def test_an_unset_api_key_env_variable_exits_2_naming_it(tmp_path: Path):
     source = prompts_csv(tmp_path, questions(3))
 
     with openai_emulator(api_key=KEY) as emu:
-        result = invoke(
-            "run",
+        result = run_openai(
             source,
-            "--provider",
-            "openai",
-            "--base-url",
             emu.base_url,
             "--api-key-env",
             "MY_LLM_KEY",
@@ -560,12 +519,8 @@ def test_a_local_server_needs_no_key(tmp_path: Path):
     source = prompts_csv(tmp_path, questions(2))
 
     with openai_emulator() as emu:
-        result = invoke(
-            "run",
+        result = run_openai(
             source,
-            "--provider",
-            "openai",
-            "--base-url",
             emu.base_url,
             env={"OPENAI_API_KEY": None},
         )
@@ -577,12 +532,8 @@ def test_a_refused_key_stops_the_run_at_once_with_exit_2(tmp_path: Path):
     source = prompts_csv(tmp_path, questions(50))
 
     with openai_emulator(api_key=KEY) as emu:
-        result = invoke(
-            "run",
+        result = run_openai(
             source,
-            "--provider",
-            "openai",
-            "--base-url",
             emu.base_url,
             "-c",
             4,
@@ -608,12 +559,8 @@ def test_a_refused_key_message_names_the_variable(tmp_path: Path, variable: str,
     source = prompts_csv(tmp_path, questions(5))
 
     with openai_emulator(api_key=KEY) as emu:
-        result = invoke(
-            "run",
+        result = run_openai(
             source,
-            "--provider",
-            "openai",
-            "--base-url",
             emu.base_url,
             "-q",
             *extra,
@@ -816,12 +763,8 @@ def test_the_key_appears_in_nothing_written_when_echoed_inside_a_stream(tmp_path
     source = prompts_csv(tmp_path, ["fine", "midstream"])
 
     with echoing_server() as server:
-        result = invoke(
-            "run",
+        result = run_openai(
             source,
-            "--provider",
-            "openai",
-            "--base-url",
             server.base_url,
             "--job",
             fast_retries(tmp_path),
