@@ -7,8 +7,7 @@ options as :class:`JobSpec`, the :class:`Summary` a run returns, the local
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .errors import (
     AibatchError,
     CheckpointError,

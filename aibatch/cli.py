@@ -21,7 +21,7 @@ import anyio
 import click
 from click.core import ParameterSource
 
-from . import __version__
+from ._version import __version__
 from .console import ProgressReporter, provider_text, summary_text
 from .errors import AibatchError
 from .jobs.checkpoint import open_private

@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from aibatch.cli import main
+from aibatch.io.output import read_metadata
 from aibatch.providers.emulator import Emulator, Faults, answer_for
-from aibatch.runner.output import read_metadata
 from tests.conftest import emulator_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,12 +19,12 @@ from typing import Any
 import anyio
 
 from ..errors import AibatchError, Unauthorized, UsageError
+from ..io.inputs import InputSource, frame_source, open_input, spool_stdin
+from ..io.output import check_output, output_schema, read_frame
 from ..jobs.spec import JobSpec
 from ..providers import AsyncGeneratorProvider, Emulator, get_provider
 from ..providers.emulator import PROTOCOLS
 from .engine import ProgressCallback, run_partition
-from .inputs import InputSource, frame_source, open_input, spool_stdin
-from .output import check_output, output_schema, read_frame
 from .prompts import PromptBuilder
 from .summary import Summary
 

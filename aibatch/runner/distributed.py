@@ -30,11 +30,11 @@ from typing import Any
 import anyio
 
 from ..errors import OutputError, UsageError
+from ..io.inputs import PartitionFile, dataset_files, dataset_partitions, open_input
+from ..io.inputs import stage_partitions as _stage
+from ..io.output import concatenate, output_frame, output_schema, read_metadata
 from ..jobs.spec import JobSpec
 from .api import arun_frame_spec, arun_job, checked_provider
-from .inputs import PartitionFile, dataset_files, dataset_partitions, open_input
-from .inputs import stage_partitions as _stage
-from .output import concatenate, output_frame, output_schema, read_metadata
 from .prompts import PromptBuilder
 from .summary import Summary
 

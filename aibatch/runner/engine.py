@@ -34,15 +34,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .. import __version__
+from .._version import __version__
 from ..errors import InputError, RateLimited, Unauthorized
+from ..io.inputs import InputSource
+from ..io.output import OutputWriter, assemble, output_schema
 from ..jobs.checkpoint import SEND, Checkpoint, Plan, checkpoint_dir, request_hash, row_key
 from ..jobs.spec import JobSpec
 from ..providers.base import AsyncGeneratorProvider
 from ..types import ChatRequest, Completion, RowResult, RowStatus
 from .concurrency import AdaptiveLimit
-from .inputs import InputSource
-from .output import OutputWriter, assemble, output_schema
 from .prompts import PromptBuilder
 from .ratelimit import RateLimiter
 from .retry import call_with_retries

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import InputError, UsageError, shown
+from ..io.inputs import Batch
 from ..jobs.spec import JobSpec
 from ..providers.helpers import to_text
 from ..types import ChatRequest, Message
-from .inputs import Batch
 
 __all__ = ["PromptBuilder", "parse_template"]
 

@@ -30,8 +30,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from aibatch.io.output import OUTPUT_SCHEMA
 from aibatch.providers.emulator import Emulator, answer_for
-from aibatch.runner.output import OUTPUT_SCHEMA
 from tests.conftest import emulator_in_thread
 
 from .checks import invoke, tally

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from aibatch.io.output import read_metadata
 from aibatch.jobs.checkpoint import checkpoint_dir
 from aibatch.providers.emulator import Emulator
-from aibatch.runner.output import read_metadata
 from tests.conftest import emulator_in_thread
 
 from .checks import (

@@ -12,10 +12,10 @@ import pytest
 from anyio import wait_all_tasks_blocked
 
 from aibatch.errors import OutputError, PermanentError, TransientError
+from aibatch.io.inputs import TableSource
+from aibatch.io.output import read_metadata
 from aibatch.jobs.spec import JobSpec, RetryPolicy
 from aibatch.runner.engine import run_partition
-from aibatch.runner.inputs import TableSource
-from aibatch.runner.output import read_metadata
 from tests.fakes import ScriptedProvider, echo
 
 FAST = RetryPolicy(attempts=3, wait_initial=0, wait_max=0, wait_jitter=0)

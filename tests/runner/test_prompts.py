@@ -9,8 +9,8 @@ import pyarrow as pa
 import pytest
 
 from aibatch.errors import InputError, UsageError
+from aibatch.io.inputs import Batch
 from aibatch.jobs.spec import JobSpec
-from aibatch.runner.inputs import Batch
 from aibatch.runner.prompts import PromptBuilder, parse_template
 from aibatch.types import ChatRequest, Message
 

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from aibatch.errors import InputError, UsageError
-from aibatch.runner.inputs import Batch, InputSource, detect_format, open_input
+from aibatch.io.inputs import Batch, InputSource, detect_format, open_input
 
 ONE_MB = 1024 * 1024
 

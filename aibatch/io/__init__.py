@@ -1,0 +1,1 @@
+"""Files in and out: input sources in bounded batches, the Parquet output."""
