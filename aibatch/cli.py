@@ -24,7 +24,7 @@ from click.core import ParameterSource
 from ._version import __version__
 from .console import ProgressReporter, provider_text, summary_text
 from .errors import AibatchError
-from .jobs.checkpoint import open_private
+from .files import atomic_write
 from .jobs.spec import (
     ENGINES,
     INPUT_FORMATS,
@@ -162,7 +162,7 @@ def run(ctx: click.Context, /, input: str | None, **opts: Any) -> None:
         if reporter is not None:
             reporter.close()
     if opts["summary_json"]:
-        with open_private(Path(opts["summary_json"])) as handle:
+        with atomic_write(Path(opts["summary_json"])) as handle:
             handle.write((summary.to_json() + "\n").encode())
     if not opts["quiet"]:
         click.echo(summary_text(summary), err=True)

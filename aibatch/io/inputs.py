@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import InputError, shown
+from ..files import DIR_MODE, atomic_write
 from ..jobs.spec import INPUT_FORMATS
 
 __all__ = [
@@ -553,7 +554,7 @@ def stage_partitions(
     partition runs. A partition whose content is unchanged since the last split (same
     hash) is not written again.
     """
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     partitions: list[PartitionFile] = []
     pending: list[pa.RecordBatch] = []
     count = offset = 0
@@ -565,10 +566,10 @@ def stage_partitions(
         path = folder / f"part-{len(partitions):05d}.parquet"
         marker = path.with_suffix(".digest")
         if not (path.exists() and marker.exists() and marker.read_text() == digest):
-            temp = path.with_name(f".{path.name}.tmp")
-            pq.write_table(table, temp)
-            os.replace(temp, path)
-            marker.write_text(digest)
+            with atomic_write(path) as handle:
+                pq.write_table(table, handle)
+            with atomic_write(marker) as handle:
+                handle.write(digest.encode())
         partitions.append(PartitionFile(len(partitions), str(path), offset, count, digest))
         offset += count
         pending, count = [], 0

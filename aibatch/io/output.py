@@ -14,13 +14,14 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import OutputError, UsageError
-from ..jobs.checkpoint import RECORD_SCHEMA, open_private
+from ..files import AtomicFile
+from ..jobs.checkpoint import RECORD_SCHEMA
 
 __all__ = ["OUTPUT_SCHEMA", "OutputWriter", "assemble", "check_output", "output_schema"]
 
@@ -94,9 +95,8 @@ class OutputWriter:
     def __init__(self, path: Path, schema: pa.Schema) -> None:
         self.path = path
         self.schema = schema
-        self.temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         self._writer: pq.ParquetWriter | None = None
-        self._file: BinaryIO | None = None
+        self._file: AtomicFile | None = None
         self.rows = 0
 
     def __enter__(self) -> OutputWriter:
@@ -108,10 +108,10 @@ class OutputWriter:
                 with contextlib.suppress(OSError):
                     stale.unlink()
         try:
-            self._file = open_private(self.temp)
-            self._writer = pq.ParquetWriter(self._file, self.schema, compression="zstd")
+            self._file = AtomicFile(self.path)
+            self._writer = pq.ParquetWriter(self._file.file, self.schema, compression="zstd")
         except OSError as exc:
-            raise OutputError(f"cannot write {self.temp}: {exc}") from exc
+            raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
         return self
 
     def write(self, table: pa.Table) -> None:
@@ -133,15 +133,8 @@ class OutputWriter:
             self._writer.close()
             self._writer = None
             assert self._file is not None
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            os.replace(self.temp, self.path)
-            folder = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(folder)
-            finally:
-                os.close(folder)
+            self._file.commit()
+            self._file = None
         except OSError as exc:
             raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
 
@@ -156,9 +149,8 @@ class OutputWriter:
                 self._writer.close()
             self._writer = None
         if self._file is not None:
-            self._file.close()
-        with contextlib.suppress(OSError):
-            self.temp.unlink()
+            self._file.discard()
+            self._file = None
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

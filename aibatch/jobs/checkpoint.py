@@ -19,7 +19,6 @@ bytes), so resuming a job of millions of rows stays small.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import logging
@@ -29,13 +28,13 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import CheckpointError, OutputError
+from ..files import DIR_MODE, FILE_MODE, atomic_write
 from ..types import ChatRequest, RowResult, RowStatus
 
 log = logging.getLogger(__name__)
@@ -48,7 +47,6 @@ __all__ = [
     "Checkpoint",
     "Plan",
     "checkpoint_dir",
-    "open_private",
     "request_hash",
     "row_key",
 ]
@@ -82,8 +80,6 @@ _OFFSET_BITS = 32
 _OFFSET_MASK = (1 << _OFFSET_BITS) - 1
 _PART_CACHE = 32
 _ADDED_COLUMNS = ("prompt_tokens", "completion_tokens", "finish_reason")
-FILE_MODE = 0o664  # less the user's umask: never writable by everyone
-DIR_MODE = 0o775
 
 
 def _digest(data: bytes) -> int:
@@ -107,19 +103,6 @@ def row_key(row_id: str, request: int) -> int:
 def checkpoint_dir(output: Path) -> Path:
     """The checkpoint folder that belongs to ``output``."""
     return output.with_name(f".{output.name}.aibatch")
-
-
-def open_private(path: Path) -> BinaryIO:
-    """Create ``path`` for writing with the user's umask, but never world-writable."""
-    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE), "wb")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def records_table(results: Sequence[RowResult]) -> pa.Table:
@@ -349,16 +332,12 @@ class Checkpoint:
         final = self.parts_dir / f"{number:08d}.arrow"
         temp = final.with_name(f"{final.name}.tmp")
         try:
-            with open_private(temp) as handle:
-                with pa.ipc.new_file(handle, PART_SCHEMA) as writer:
-                    writer.write_table(table)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, final)
-            _fsync_dir(self.parts_dir)
+            with (
+                atomic_write(final, temp=temp) as handle,
+                pa.ipc.new_file(handle, PART_SCHEMA) as writer,
+            ):
+                writer.write_table(table)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                temp.unlink()
             raise OutputError(
                 f"cannot write checkpoint {final}: {exc.strerror or exc}; rows stored so far"
                 " are safe, re-run the same command once this is fixed"
