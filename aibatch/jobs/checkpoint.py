@@ -4,11 +4,16 @@ Layout, beside the output file ``out.parquet``::
 
     .out.parquet.aibatch/
         lock                 flock held by the running job (released if it dies)
-        parts/00000001.arrow an Arrow IPC file of finished rows, written whole:
-                             temp file, fsync, rename, fsync of the folder
+        parts/00000001-<checksum>.arrow
+                             an Arrow IPC file of finished rows, written whole (temp
+                             file, fsync, rename, fsync of the folder); its name carries
+                             a BLAKE2b checksum of its bytes
 
 A part is either complete or absent (a crash can only leave a ``.tmp`` file, which is
-removed); a part that still fails to read is set aside, never trusted.
+removed). Its bytes are checked against the checksum in its name, and its columns
+against :data:`PART_SCHEMA`, before any row of it is used: a part that fails either
+(bytes that rotted, a file put there by something else) is set aside with a warning
+naming it, and its rows are sent again. Never is a damaged row trusted.
 
 Each stored row carries its *row key*, a hash of the row id and the request, and the
 *request hash*, a hash of the request alone. A re-run reuses a stored row when the same
@@ -23,6 +28,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
 import shutil
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -185,6 +191,7 @@ class Checkpoint:
         self.restart = restart
         self._lock_fd: int | None = None
         self._next_part = 1
+        self._paths: dict[int, Path] = {}
         self._cache: OrderedDict[int, pa.Table] = OrderedDict()
         self._keys = np.empty(0, np.uint64)
         self._key_locs = np.empty(0, np.int64)
@@ -246,22 +253,25 @@ class Checkpoint:
             if path.name.endswith(".tmp"):
                 path.unlink()  # a part a crash interrupted before it was complete
                 continue
-            if path.suffix != ".arrow" or not path.stem.isdigit():
+            name = _PART_NAME.fullmatch(path.name)
+            if name is None:
                 continue
-            number = int(path.stem)
+            number = int(name["number"])
             self._next_part = max(self._next_part, number + 1)
             try:
                 table = _read_part(path, columns=["row_key", "request_hash", "status"])
-            except (OSError, pa.ArrowException, KeyError) as exc:
-                aside = path.with_name(f"{path.name}.unreadable")
+            except DamagedPart as exc:
+                aside = path.with_name(f"{path.name}.damaged")
                 log.warning(
-                    "checkpoint part %s is unreadable (%s); set aside as %s",
-                    path.name,
+                    "checkpoint part %s is damaged (%s); set aside as %s, its rows will be"
+                    " sent again",
+                    path,
                     exc,
                     aside.name,
                 )
                 path.rename(aside)
                 continue
+            self._paths[number] = path
             n = table.num_rows
             keys.append(table.column("row_key").to_numpy())
             hashes.append(table.column("request_hash").to_numpy())
@@ -328,20 +338,21 @@ class Checkpoint:
         """
         number = self._next_part
         self._next_part += 1
-        table = records_table(results)
-        final = self.parts_dir / f"{number:08d}.arrow"
-        temp = final.with_name(f"{final.name}.tmp")
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_file(sink, PART_SCHEMA) as writer:
+            writer.write_table(records_table(results))
+        data = sink.getvalue()
+        final = self.parts_dir / f"{number:08d}-{_checksum(data)}.arrow"
+        temp = self.parts_dir / f"{number:08d}.arrow.tmp"
         try:
-            with (
-                atomic_write(final, temp=temp) as handle,
-                pa.ipc.new_file(handle, PART_SCHEMA) as writer,
-            ):
-                writer.write_table(table)
+            with atomic_write(final, temp=temp) as handle:
+                handle.write(data)
         except OSError as exc:
             raise OutputError(
                 f"cannot write checkpoint {final}: {exc.strerror or exc}; rows stored so far"
                 " are safe, re-run the same command once this is fixed"
             ) from exc
+        self._paths[number] = final
         return (np.int64(number) << _OFFSET_BITS) + np.arange(len(results), dtype=np.int64)
 
     def take(self, locs: np.ndarray) -> pa.Table:
@@ -373,11 +384,15 @@ class Checkpoint:
     def _part(self, number: int) -> pa.Table:
         table = self._cache.get(number)
         if table is None:
-            path = self.parts_dir / f"{number:08d}.arrow"
+            path = self._paths[number]
             try:
                 table = _read_part(path, columns=RECORD_SCHEMA.names)
-            except (OSError, pa.ArrowException, KeyError) as exc:
-                raise CheckpointError(f"cannot read checkpoint part {path}: {exc}") from exc
+            except DamagedPart as exc:
+                raise CheckpointError(
+                    f"checkpoint part {path} was damaged while this run used it ({exc});"
+                    " nothing was written: run the same command again, the part will be set"
+                    " aside and its rows sent again"
+                ) from exc
             self._cache[number] = table
             if len(self._cache) > _PART_CACHE:
                 self._cache.popitem(last=False)
@@ -391,15 +406,46 @@ _SKIPPED_ROW = pa.Table.from_pylist(
 )
 
 
+class DamagedPart(Exception):
+    """A checkpoint part that cannot be trusted: unreadable, checksum or schema wrong."""
+
+
+_PART_NAME = re.compile(r"(?P<number>\d{8})(?:-(?P<checksum>[0-9a-f]{32}))?\.arrow")
+
+
+def _checksum(data: pa.Buffer | bytes) -> str:
+    return hashlib.blake2b(memoryview(data), digest_size=16).hexdigest()
+
+
 def _read_part(path: Path, columns: list[str]) -> pa.Table:
-    with pa.OSFile(str(path), "rb") as handle:
-        table = pa.ipc.open_file(handle).read_all()
-    # A part from an older aibatch may lack result columns added since: null, not unreadable.
-    for name in _ADDED_COLUMNS:
-        if name in columns and name not in table.column_names:
-            table = table.append_column(
-                PART_SCHEMA.field(name), pa.nulls(table.num_rows, PART_SCHEMA.field(name).type)
-            )
+    """A part's ``columns``, once its bytes match its checksum and its schema is right.
+
+    Parts written before checksums existed (``00000001.arrow``) are checked in full
+    instead: every value valid (UTF-8 included) and the schema right.
+
+    Raises:
+        DamagedPart: the part cannot be trusted.
+    """
+    name = _PART_NAME.fullmatch(path.name)
+    assert name is not None
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DamagedPart(f"unreadable: {exc.strerror or exc}") from exc
+    if name["checksum"] is not None and _checksum(data) != name["checksum"]:
+        raise DamagedPart("its bytes do not match its checksum")
+    try:
+        table = pa.ipc.open_file(pa.py_buffer(data)).read_all()
+        if name["checksum"] is None:
+            table.validate(full=True)
+    except pa.ArrowException as exc:
+        raise DamagedPart(f"not a readable Arrow file: {exc}") from exc
+    # A part from an older aibatch may lack result columns added since: null, not damaged.
+    for field in PART_SCHEMA:
+        if field.name not in table.column_names and field.name in _ADDED_COLUMNS:
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    if not table.schema.remove_metadata().equals(PART_SCHEMA):
+        raise DamagedPart(f"its columns are not a checkpoint part's: {table.schema.names}")
     return table.select(columns)
 
 

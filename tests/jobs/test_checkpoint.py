@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from aibatch.errors import CheckpointError, OutputError
@@ -127,7 +130,13 @@ def store(folder: Path, *parts: list[RowResult]) -> None:
 
 
 def part_files(folder: Path) -> list[str]:
-    return sorted(p.name for p in (folder / "parts").iterdir())
+    """The parts folder's file names, checksums left out (``00000001.arrow``)."""
+    return sorted(re.sub(r"-[0-9a-f]{32}", "", p.name) for p in (folder / "parts").iterdir())
+
+
+def part_path(folder: Path, number: int) -> Path:
+    (path,) = (folder / "parts").glob(f"{number:08d}-*.arrow")
+    return path
 
 
 # the folder
@@ -401,7 +410,7 @@ def test_a_leftover_temporary_part_is_removed_on_open(folder):
 
 def test_a_truncated_part_is_set_aside_and_its_rows_sent_again(folder):
     store(folder, [finished(0, "0", "q0")], [finished(1, "1", "q1")])
-    torn = folder / "parts" / "00000002.arrow"
+    torn = part_path(folder, 2)
     torn.write_bytes(torn.read_bytes()[: torn.stat().st_size // 2])
 
     with Checkpoint(folder) as checkpoint:
@@ -415,7 +424,7 @@ def test_a_truncated_part_is_set_aside_and_its_rows_sent_again(folder):
     assert int(new_locs[0]) >> 32 == 3
     assert part_files(folder) == [
         "00000001.arrow",
-        "00000002.arrow.unreadable",
+        "00000002.arrow.damaged",
         "00000003.arrow",
     ]
 
@@ -428,7 +437,7 @@ def test_a_part_that_is_not_arrow_is_set_aside(folder, content):
     with Checkpoint(folder) as checkpoint:
         assert checkpoint.stored_rows == 1
 
-    assert part_files(folder) == ["00000001.arrow", "00000002.arrow.unreadable"]
+    assert part_files(folder) == ["00000001.arrow", "00000002.arrow.damaged"]
 
 
 def test_a_part_with_other_columns_is_set_aside(folder):
@@ -443,7 +452,89 @@ def test_a_part_with_other_columns_is_set_aside(folder):
     with Checkpoint(folder) as checkpoint:
         assert checkpoint.stored_rows == 1
 
-    assert "00000002.arrow.unreadable" in part_files(folder)
+    assert "00000002.arrow.damaged" in part_files(folder)
+
+
+def test_a_part_whose_bytes_rotted_in_the_middle_is_set_aside_naming_it(folder, caplog):
+    store(folder, [finished(0, "0", "q0")], [finished(1, "1", "q1")])
+    rotten = part_path(folder, 2)
+    data = bytearray(rotten.read_bytes())
+    # The answer's text sits in the middle; Arrow's structure around it stays valid.
+    at = data.index(b"answer to q1")
+    data[at : at + 6] = b"\xff\xfeXXXX"
+    rotten.write_bytes(bytes(data))
+
+    with Checkpoint(folder) as checkpoint:
+        plan = plan_for(checkpoint, [("0", "q0"), ("1", "q1")])
+
+    assert plan.loc[1] == SEND
+    assert part_files(folder) == ["00000001.arrow", "00000002.arrow.damaged"]
+    assert rotten.name in caplog.text
+    assert "damaged" in caplog.text
+
+
+def test_a_part_of_valid_arrow_with_other_column_types_and_a_right_checksum_is_set_aside(
+    folder,
+):
+    store(folder, [finished(0, "0", "q0")])
+    good = pa.ipc.open_file(part_path(folder, 1).read_bytes()).read_all()
+    wrong = good.set_column(
+        good.schema.get_field_index("attempts"),
+        "attempts",
+        pc.cast(good.column("attempts"), pa.string()),
+    )
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, wrong.schema) as writer:
+        writer.write_table(wrong)
+    data = sink.getvalue().to_pybytes()
+    checksum = hashlib.blake2b(data, digest_size=16).hexdigest()
+    (folder / "parts" / f"00000002-{checksum}.arrow").write_bytes(data)
+
+    with Checkpoint(folder) as checkpoint:
+        assert checkpoint.stored_rows == 1
+
+    assert "00000002.arrow.damaged" in part_files(folder)
+
+
+def test_a_part_from_before_checksums_with_invalid_utf8_is_set_aside(folder):
+    store(folder, [finished(0, "0", "q0")])
+    data = bytearray(part_path(folder, 1).read_bytes())
+    at = data.index(b"answer to q0")
+    data[at] = 0xFF
+    part_path(folder, 1).unlink()
+    (folder / "parts" / "00000001.arrow").write_bytes(bytes(data))
+
+    with Checkpoint(folder) as checkpoint:
+        plan = plan_for(checkpoint, [("0", "q0")])
+
+    assert plan.loc[0] == SEND
+    assert part_files(folder) == ["00000001.arrow.damaged"]
+
+
+def test_a_part_from_before_checksums_that_is_sound_is_still_reused(folder):
+    store(folder, [finished(0, "0", "q0")])
+    legacy = part_path(folder, 1).rename(folder / "parts" / "00000001.arrow")
+
+    with Checkpoint(folder) as checkpoint:
+        plan = plan_for(checkpoint, [("0", "q0")])
+        stored = checkpoint.take(plan.loc)
+
+    assert legacy.exists()
+    assert stored.column("response").to_pylist() == ["answer to q0"]
+
+
+def test_a_part_damaged_after_the_run_read_it_stops_the_write_with_a_checkpoint_error(folder):
+    store(folder, [finished(0, "0", "q0")])
+
+    with Checkpoint(folder) as checkpoint:
+        plan = plan_for(checkpoint, [("0", "q0")])
+        path = part_path(folder, 1)
+        data = bytearray(path.read_bytes())
+        data[data.index(b"answer to q0")] = ord("X")
+        path.write_bytes(bytes(data))
+
+        with pytest.raises(CheckpointError, match="damaged while this run used it"):
+            checkpoint.take(plan.loc)
 
 
 def test_files_that_are_not_parts_are_left_alone(folder):
@@ -608,7 +699,7 @@ def test_a_part_that_cannot_be_written_is_an_output_error_saying_how_to_resume(f
             checkpoint.write_part([finished(0, "0", "q0")])
 
     message = str(caught.value)
-    assert "00000001.arrow" in message
+    assert re.search(r"parts/00000001-[0-9a-f]{32}\.arrow", message)
     assert "re-run the same command" in message
 
 
