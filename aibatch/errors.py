@@ -5,6 +5,7 @@ Every error aibatch raises on purpose is an :class:`AibatchError`::
     AibatchError
     ├── UsageError            bad option or job file (exit 2)
     │   ├── InputError        unreadable or malformed input: .path .line .column
+    │   │   └── InputChanged  the input changed while the run was reading it
     │   ├── UnknownProviderError
     │   └── UnknownModelError
     ├── ProviderError         one request failed: .http_status
@@ -29,6 +30,7 @@ from os import PathLike
 __all__ = [
     "AibatchError",
     "CheckpointError",
+    "InputChanged",
     "InputError",
     "OutputError",
     "PermanentError",
@@ -84,6 +86,21 @@ class InputError(UsageError):
         if column is not None:
             where += f", column {column!r}" if isinstance(column, str) else f", column {column}"
         super().__init__(f"{where}: {reason}")
+
+
+class InputChanged(InputError):
+    """The input file changed while a run was reading it.
+
+    The run stops before any row could meet another row's answer; what finished is
+    kept in the checkpoint, and the next run plans against the file as it is then.
+    """
+
+    def __init__(self, path: str | PathLike[str], what: str) -> None:
+        super().__init__(
+            path,
+            f"changed while aibatch was running ({what}); the rows already finished are kept:"
+            " run the same command again to continue with the file as it is now",
+        )
 
 
 class _UnknownNameError(UsageError):
