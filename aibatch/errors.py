@@ -24,7 +24,8 @@ Retry decisions read the class, never the message. Errors from foreign libraries
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from os import PathLike
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "UnknownModelError",
     "UnknownProviderError",
     "UsageError",
+    "plain_errors",
 ]
 
 
@@ -172,3 +174,31 @@ class CheckpointError(AibatchError):
 
 class OutputError(AibatchError):
     """The output cannot be written: directory missing, not writable, column clash, disk full."""
+
+
+@contextlib.contextmanager
+def plain_errors() -> Iterator[None]:
+    """Re-raise the :class:`AibatchError` that a task group wrapped in an ExceptionGroup.
+
+    When every exception in the group is an :class:`AibatchError`, the first is raised
+    on its own, the others added to it as notes. A group holding anything else (a bug,
+    an interrupt) is re-raised whole: no exception is ever dropped.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = list(_leaves(group))
+        if not leaves or not all(isinstance(exc, AibatchError) for exc in leaves):
+            raise
+        first = leaves[0]
+        for other in leaves[1:]:
+            first.add_note(f"also: {type(other).__name__}: {other}")
+        raise first from None
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc

@@ -11,19 +11,30 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import OutputError, UsageError
 from ..files import AtomicFile
 from ..jobs.checkpoint import RECORD_SCHEMA
 
-__all__ = ["OUTPUT_SCHEMA", "OutputWriter", "assemble", "check_output", "output_schema"]
+__all__ = [
+    "OUTPUT_SCHEMA",
+    "OutputCounts",
+    "OutputWriter",
+    "assemble",
+    "check_output",
+    "output_schema",
+    "read_metadata",
+]
 
 OUTPUT_SCHEMA = pa.schema(
     [
@@ -82,6 +93,29 @@ def assemble(
     ]
     names = [*data.schema.names, *OUTPUT_SCHEMA.names]
     return pa.Table.from_arrays(columns, names=names)
+
+
+@dataclass(slots=True)
+class OutputCounts:
+    """What the output rows hold, counted as they are written."""
+
+    statuses: Counter[str] = field(default_factory=Counter)
+    errors_by_type: Counter[str] = field(default_factory=Counter)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    truncated: int = 0
+
+    def add(self, records: pa.Table) -> None:
+        """Count a batch of result rows (:data:`RECORD_SCHEMA`)."""
+        status = records.column("status")
+        for item in pc.value_counts(status).to_pylist():
+            self.statuses[item["values"]] += item["counts"]
+        failed = pc.filter(records.column("error_type"), pc.equal(status, "error"))
+        for item in pc.value_counts(failed).to_pylist():
+            self.errors_by_type[item["values"]] += item["counts"]
+        self.prompt_tokens += pc.sum(records.column("prompt_tokens")).as_py() or 0
+        self.completion_tokens += pc.sum(records.column("completion_tokens")).as_py() or 0
+        self.truncated += pc.sum(pc.equal(records.column("finish_reason"), "length")).as_py() or 0
 
 
 class OutputWriter:

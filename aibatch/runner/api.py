@@ -18,7 +18,7 @@ from typing import Any
 
 import anyio
 
-from ..errors import AibatchError, Unauthorized, UsageError
+from ..errors import Unauthorized, UsageError, plain_errors
 from ..io.inputs import InputSource, frame_source, open_input, spool_stdin
 from ..io.output import check_output, output_schema, read_frame
 from ..jobs.spec import JobSpec
@@ -40,29 +40,6 @@ __all__ = [
     "run_frame",
     "run_job",
 ]
-
-
-@contextlib.contextmanager
-def _plain_errors() -> Iterator[None]:
-    """Re-raise an :class:`AibatchError` that a task group wrapped in an ExceptionGroup."""
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        error = _first_error(group)
-        if error is None:
-            raise
-        raise error from None
-
-
-def _first_error(group: BaseExceptionGroup[BaseException]) -> AibatchError | None:
-    for exc in group.exceptions:
-        if isinstance(exc, AibatchError):
-            return exc
-        if isinstance(exc, BaseExceptionGroup):
-            found = _first_error(exc)
-            if found is not None:
-                return found
-    return None
 
 
 async def arun_job(
@@ -106,7 +83,7 @@ async def _arun_job(
     stop: anyio.Event | None,
     metadata: Mapping[str, Any] | None,
 ) -> Summary:
-    with _plain_errors(), _scratch(spec) as scratch:
+    with plain_errors(), _scratch(spec) as scratch:
         if source is None:
             source = await anyio.to_thread.run_sync(_open_source, spec, scratch)
         output = spec.output_path()
@@ -214,7 +191,7 @@ async def _with_signals(
     """Run with SIGINT/SIGTERM handled: the first stops gracefully, a second at once."""
     stop = anyio.Event()
     summary: Summary | None = None
-    with _plain_errors():
+    with plain_errors():
         async with anyio.create_task_group() as tg:
 
             async def watch() -> None:

@@ -9,9 +9,15 @@ over it in four steps, reading the input in bounded batches each time:
    answer, skip (empty prompt), or send;
 3. *send*: a reader task feeds a bounded stream; worker tasks take rows from it and send
    them under a ``CapacityLimiter`` (and an optional rate limiter), retrying as the
-   ``RetryPolicy`` says; one writer task owns the checkpoint and stores finished rows
-   every 200 ms;
+   ``RetryPolicy`` says; one :class:`~aibatch.runner.writer.Writer` task owns the
+   checkpoint and stores finished rows every 200 ms;
 4. *write*: join each input batch with its stored results into the Parquet output.
+
+The input is read anew at each step, so each step checks that it reads what the scan
+read: every row the send step sends must hash to the request the scan keyed it by, and
+the input source itself refuses a file whose size, time or content changed
+(:class:`~aibatch.errors.InputChanged`). A row is never stored, nor written out, beside
+another row's request.
 
 The local runner calls it once; a distributed driver calls it once per partition.
 """
@@ -22,22 +28,20 @@ import logging
 import math
 import time
 from array import array
-from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._version import __version__
-from ..errors import InputError, RateLimited, Unauthorized
-from ..io.inputs import InputSource
-from ..io.output import OutputWriter, assemble, output_schema
+from ..errors import InputChanged, InputError, RateLimited, Unauthorized, plain_errors
+from ..io.inputs import Batch, InputSource
+from ..io.output import OutputCounts, OutputWriter, assemble, output_schema
 from ..jobs.checkpoint import SEND, Checkpoint, Plan, checkpoint_dir, request_hash, row_key
 from ..jobs.spec import JobSpec
 from ..providers.base import AsyncGeneratorProvider
@@ -46,14 +50,13 @@ from .concurrency import AdaptiveLimit
 from .prompts import PromptBuilder
 from .ratelimit import RateLimiter
 from .retry import call_with_retries
+from .streams import receive, send
 from .summary import Summary, percentile
+from .writer import Writer
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Progress", "run_partition"]
-
-FLUSH_SECONDS = 0.2
-FLUSH_ROWS = 4096
 
 
 @dataclass(slots=True)
@@ -100,7 +103,6 @@ class _Job:
 
 
 ProgressCallback = Callable[[Progress], None]
-T = TypeVar("T")
 
 
 async def run_partition(
@@ -133,7 +135,8 @@ async def run_partition(
     """
     partition = _Partition(source, spec, provider, output, service, on_progress, stop)
     partition.metadata = dict(metadata or {})
-    return await partition.run()
+    with plain_errors():
+        return await partition.run()
 
 
 class _Partition:
@@ -168,8 +171,6 @@ class _Partition:
         self.latencies: array[float] = array("d")
         self._reader_scope = anyio.CancelScope()
         self._senders: anyio.CancelScope | None = None
-        self._pending: list[RowResult] = []
-        self._flush_lock = anyio.Lock()
         self.metadata: dict[str, Any] = {}
 
     async def run(self) -> Summary:
@@ -196,7 +197,6 @@ class _Partition:
                 provider=self.provider.name,
                 model=self.model,
                 rows=len(plan.loc),
-                sent=plan.to_send,
                 reused=plan.reused,
                 deduped=plan.deduped,
             )
@@ -220,6 +220,7 @@ class _Partition:
             if plan.to_send:
                 await self._send(plan, checkpoint)
             del self.keys
+            summary.sent = self.progress.done
             summary.requests = self.requests
             summary.concurrency = int(self.limiter.total_tokens)
             summary.garbage_lines = self.garbage_lines
@@ -290,8 +291,9 @@ class _Partition:
         workers = min(self.spec.concurrency, plan.to_send)
         jobs_in, jobs_out = anyio.create_memory_object_stream[_Job](workers)
         results_in, results_out = anyio.create_memory_object_stream[RowResult](workers)
+        writer = Writer(checkpoint, plan, self._stored)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._store, results_out, plan, checkpoint)
+            tg.start_soon(writer.run, results_out)
             watcher = anyio.CancelScope()
             if self.stop is not None:
                 tg.start_soon(self._watch_stop, self.stop, watcher)
@@ -328,16 +330,30 @@ class _Partition:
                     )
                     if not len(rows):
                         continue
-                    requests = self.builder.requests(batch)
-                    keys = self.keys
-                    for index in rows.tolist():
-                        request = requests[index]
-                        assert request is not None
-                        row = batch.start + index
-                        job = _Job(
-                            row, int(keys.row_keys[row]), int(keys.request_hashes[row]), request
-                        )
-                        await _send(jobs, job)
+                    for job in self._jobs(batch, rows, plan):
+                        await send(jobs, job)
+
+    def _jobs(self, batch: Batch, rows: np.ndarray, plan: Plan) -> list[_Job]:
+        """The rows of ``batch`` at ``rows`` to send, each checked against the scan.
+
+        Raises:
+            InputChanged: a row is not the one the scan keyed (the file changed since).
+        """
+        if batch.start + batch.data.num_rows > len(plan.loc):
+            raise InputChanged(self.source.name, "it has more rows than when it was first read")
+        requests = self.builder.requests(batch)
+        keys, service = self.keys, self.service
+        jobs = []
+        for index in rows.tolist():
+            request = requests[index]
+            row = batch.start + index
+            expected = int(keys.request_hashes[row])
+            if request is None or request_hash(request, service) != expected:
+                raise InputChanged(
+                    self.source.name, f"row {batch.first_row + index} is not what it was"
+                )
+            jobs.append(_Job(row, int(keys.row_keys[row]), expected, request))
+        return jobs
 
     async def _work(
         self, jobs: MemoryObjectReceiveStream[_Job], results: MemoryObjectSendStream[RowResult]
@@ -345,10 +361,10 @@ class _Partition:
         async with jobs, results:
             while not self.stopping:
                 try:
-                    job = await _receive(jobs)
+                    job = await receive(jobs)
                 except anyio.EndOfStream:
                     return
-                await _send(results, await self._send_one(job))
+                await send(results, await self._send_one(job))
 
     async def _send_one(self, job: _Job) -> RowResult:
         provider, limiter, rate, adaptive = self.provider, self.limiter, self.rate, self.adaptive
@@ -414,51 +430,14 @@ class _Partition:
         if limit != self.limiter.total_tokens:
             self.limiter.total_tokens = limit
 
-    async def _store(
-        self, results: MemoryObjectReceiveStream[RowResult], plan: Plan, checkpoint: Checkpoint
-    ) -> None:
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._flush_every, FLUSH_SECONDS, plan, checkpoint)
-                async with results:
-                    while True:
-                        try:
-                            result = await _receive(results)
-                        except anyio.EndOfStream:
-                            break
-                        # Append only after the await: a flush may swap the list meanwhile.
-                        self._pending.append(result)
-                        if len(self._pending) >= FLUSH_ROWS:
-                            await self._flush(plan, checkpoint)
-                tg.cancel_scope.cancel()
-        finally:
-            # Also when the run is cancelled or fails: what finished is kept.
-            with anyio.CancelScope(shield=True):
-                await self._flush(plan, checkpoint)
-
-    async def _flush_every(self, seconds: float, plan: Plan, checkpoint: Checkpoint) -> None:
-        while True:
-            await anyio.sleep(seconds)
-            await self._flush(plan, checkpoint)
-
-    async def _flush(self, plan: Plan, checkpoint: Checkpoint) -> None:
-        async with self._flush_lock:
-            batch, self._pending = self._pending, []
-            if not batch:
-                return
-            # Rows taken from the buffer are stored and recorded in the plan as one step:
-            # a cancellation in between (the ticker being stopped, a second Ctrl-C) would
-            # leave them stored but unknown to this run, which would then end incomplete.
-            with anyio.CancelScope(shield=True):
-                locs = await anyio.to_thread.run_sync(checkpoint.write_part, batch)
-            plan.loc[[r.row for r in batch]] = locs
-            progress = self.progress
-            progress.done += len(batch)
-            failed = sum(1 for r in batch if r.status is RowStatus.ERROR)
-            progress.failed += failed
-            progress.ok += len(batch) - failed
-            progress.concurrency = math.ceil(self.limiter.total_tokens)
-            self.on_progress(progress)
+    def _stored(self, batch: Sequence[RowResult]) -> None:
+        progress = self.progress
+        progress.done += len(batch)
+        failed = sum(1 for r in batch if r.status is RowStatus.ERROR)
+        progress.failed += failed
+        progress.ok += len(batch) - failed
+        progress.concurrency = math.ceil(self.limiter.total_tokens)
+        self.on_progress(progress)
 
     # 4. write
 
@@ -466,34 +445,32 @@ class _Partition:
         self, plan: Plan, checkpoint: Checkpoint, schema: pa.Schema, summary: Summary
     ) -> None:
         plan.resolve()
-        statuses: Counter[str] = Counter()
-        errors: Counter[str] = Counter()
-        tokens: Counter[str] = Counter()
+        counts = OutputCounts()
         constants = {"model": self.model, "provider": self.provider.name}
+        rows = len(plan.loc)
         with OutputWriter(self.output, schema) as writer:
+            written = 0
             for batch in self.source.batches():
                 n = batch.data.num_rows
+                if batch.start + n > rows:
+                    raise InputChanged(
+                        self.source.name, "it has more rows than when it was first read"
+                    )
                 records = checkpoint.take(plan.loc[batch.start : batch.start + n])
-                for item in pc.value_counts(records.column("status")).to_pylist():
-                    statuses[item["values"]] += item["counts"]
-                failed = pc.filter(
-                    records.column("error_type"), pc.equal(records.column("status"), "error")
-                )
-                for item in pc.value_counts(failed).to_pylist():
-                    errors[item["values"]] += item["counts"]
-                for name in ("prompt_tokens", "completion_tokens"):
-                    tokens[name] += pc.sum(records.column(name)).as_py() or 0
-                tokens["truncated"] += (
-                    pc.sum(pc.equal(records.column("finish_reason"), "length")).as_py() or 0
-                )
+                counts.add(records)
                 writer.write(assemble(batch.data, batch.first_row, records, constants))
-            summary.prompt_tokens = tokens["prompt_tokens"]
-            summary.completion_tokens = tokens["completion_tokens"]
-            summary.truncated = tokens["truncated"]
-            summary.ok = statuses[RowStatus.OK.value]
-            summary.error = statuses[RowStatus.ERROR.value]
-            summary.skipped = statuses[RowStatus.SKIPPED.value]
-            summary.errors_by_type = dict(errors)
+                written += n
+            if written != rows:
+                raise InputChanged(
+                    self.source.name, "it has fewer rows than when it was first read"
+                )
+            summary.prompt_tokens = counts.prompt_tokens
+            summary.completion_tokens = counts.completion_tokens
+            summary.truncated = counts.truncated
+            summary.ok = counts.statuses[RowStatus.OK.value]
+            summary.error = counts.statuses[RowStatus.ERROR.value]
+            summary.skipped = counts.statuses[RowStatus.SKIPPED.value]
+            summary.errors_by_type = dict(counts.errors_by_type)
             writer.commit(
                 {
                     **self.metadata,
@@ -502,22 +479,3 @@ class _Partition:
                     "counts": summary.counts(),
                 }
             )
-
-
-# Memory streams and the limiter yield to the event loop on every call, even when they
-# need not wait; at thousands of rows a second those extra loop turns cost more than the
-# rest of the engine. These take the fast path first and only await when they must.
-
-
-async def _send(stream: MemoryObjectSendStream[T], item: T) -> None:
-    try:
-        stream.send_nowait(item)
-    except anyio.WouldBlock:
-        await stream.send(item)
-
-
-async def _receive(stream: MemoryObjectReceiveStream[T]) -> T:
-    try:
-        return stream.receive_nowait()
-    except anyio.WouldBlock:
-        return await stream.receive()

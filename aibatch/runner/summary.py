@@ -25,7 +25,7 @@ class Summary:
 
     Attributes:
         rows: input rows; ``ok + error + skipped == rows`` once the output is written.
-        sent: rows that needed a request in this run.
+        sent: rows sent and stored in this run (fewer than planned when interrupted).
         requests: chat requests made in this run, retries included.
         reused: rows answered from the checkpoint of an earlier run.
         deduped: rows that shared an identical request with an earlier row.
