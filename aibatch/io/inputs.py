@@ -48,6 +48,7 @@ _EXTENSIONS = {
     ".parquet": "parquet",
     ".pq": "parquet",
 }
+_DELIMITER_NAMES = {"\\t": "\t", "tab": "\t"}
 _CSV_FIELD_LIMIT = 2**31 - 1
 
 
@@ -441,11 +442,21 @@ def detect_format(path: str, name: str | None = None) -> str:
     return fmt
 
 
+def _delimiter(delimiter: str | None, fmt: str, label: str) -> str:
+    value = _DELIMITER_NAMES.get((delimiter or "").lower(), delimiter)
+    if value is None:
+        return "\t" if fmt == "tsv" else ","
+    if len(value) != 1 or value in '\r\n"':
+        raise InputError(label, f"--delimiter takes one character (or tab), not {delimiter!r}")
+    return value
+
+
 def open_input(
     path: str,
     *,
     input_format: str | None = None,
     encoding: str = "utf-8",
+    delimiter: str | None = None,
     batch_rows: int = 10_000,
     limit: int | None = None,
     name: str | None = None,
@@ -453,8 +464,19 @@ def open_input(
 ) -> InputSource:
     """Open ``path`` as a source of batches (``name`` is how messages call it).
 
+    Args:
+        path: the file.
+        input_format: ``csv``, ``tsv``, ``jsonl`` or ``parquet`` [default: the suffix].
+        encoding: of text formats.
+        delimiter: CSV/TSV field separator, one character (``tab`` or backslash-t for a tab)
+            [default: ``,`` for CSV, a tab for TSV].
+        batch_rows: the most rows in one batch.
+        limit: read only the first ``limit`` rows.
+        name: how messages name the input [default: ``path``].
+        offset: position of the first row in the whole job.
+
     Raises:
-        InputError: missing, unreadable or empty file, or unknown type.
+        InputError: missing, unreadable or empty file, unknown type, or a bad option.
     """
     label = name or path
     fmt = input_format or detect_format(path, label)
@@ -473,11 +495,14 @@ def open_input(
         "name": name,
         "offset": offset,
     }
+    if fmt in ("parquet", "jsonl") and delimiter is not None:
+        raise InputError(label, f"--delimiter is for CSV and TSV input, not {fmt}")
     if fmt == "parquet":
         return ParquetSource(path, **common)
     if fmt == "jsonl":
         return JsonlSource(path, encoding=encoding, **common)
-    return CsvSource(path, delimiter="\t" if fmt == "tsv" else ",", encoding=encoding, **common)
+    separator = _delimiter(delimiter, fmt, label)
+    return CsvSource(path, delimiter=separator, encoding=encoding, **common)
 
 
 def spool_stdin(directory: Path) -> Path:

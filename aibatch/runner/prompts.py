@@ -90,7 +90,11 @@ class PromptBuilder:
         return names
 
     def check_columns(self, columns: Sequence[str]) -> None:
-        """Raise an :class:`InputError` naming the first needed column that is missing."""
+        """Raise an :class:`InputError` naming the first needed column that is missing.
+
+        When the header is one name holding ``;``, ``|``, a tab or a comma, the file was
+        split on the wrong character: the message names the ``--delimiter`` to pass.
+        """
         for name in self.needed_columns():
             if name not in columns:
                 option = (
@@ -105,7 +109,7 @@ class PromptBuilder:
                 raise InputError(
                     self.path,
                     f"no column {name!r} ({option}); the columns are:"
-                    f" {', '.join(map(shown, columns))}",
+                    f" {', '.join(map(shown, columns))}{_delimiter_hint(columns)}",
                 )
 
     def ids(self, batch: Batch) -> list[str]:
@@ -203,6 +207,26 @@ class PromptBuilder:
                 value = str(value)
             out.append(value)
         return out
+
+
+def _delimiter_hint(columns: Sequence[str]) -> str:
+    """``; ... pass --delimiter ';'`` when a lone header name looks like several, else ``""``."""
+    if len(columns) != 1:
+        return ""
+    counts = {char: columns[0].count(char) for char in _DELIMITERS}
+    char = max(counts, key=counts.__getitem__)
+    if not counts[char]:
+        return ""
+    kind, option = _DELIMITERS[char]
+    return f"; the header looks {kind}-separated: pass --delimiter {option}"
+
+
+_DELIMITERS = {
+    ";": ("semicolon", "';'"),
+    "|": ("pipe", "'|'"),
+    "\t": ("tab", "tab"),
+    ",": ("comma", "','"),
+}
 
 
 def _column(batch: Batch, name: str) -> list[Any]:

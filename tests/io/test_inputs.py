@@ -107,6 +107,34 @@ def test_a_tsv_file_splits_on_tabs_and_keeps_commas(tmp_path):
     assert read_rows(source) == [{"id": "1", "prompt": "first, second"}]
 
 
+def test_a_delimiter_splits_csv_fields_on_that_character(tmp_path):
+    source = open_input(write(tmp_path / "in.csv", "id;prompt\n1;first, second\n"), delimiter=";")
+
+    assert read_rows(source) == [{"id": "1", "prompt": "first, second"}]
+
+
+@pytest.mark.parametrize("spelling", ["\\t", "tab", "TAB", "\t"])
+def test_a_tab_delimiter_may_be_spelled_backslash_t_or_tab(tmp_path, spelling):
+    source = open_input(
+        write(tmp_path / "in.txt", "id\tprompt\n1\ta,b\n"), input_format="csv", delimiter=spelling
+    )
+
+    assert read_rows(source) == [{"id": "1", "prompt": "a,b"}]
+
+
+@pytest.mark.parametrize("delimiter", [";;", "", "\n", '"'])
+def test_a_delimiter_that_is_not_one_usable_character_is_an_input_error(tmp_path, delimiter):
+    with pytest.raises(InputError, match="--delimiter takes one character"):
+        open_input(write(tmp_path / "in.csv", csv_of(1)), delimiter=delimiter)
+
+
+def test_a_delimiter_for_jsonl_input_is_an_input_error(tmp_path):
+    path = write(tmp_path / "in.jsonl", '{"prompt": "a"}\n')
+
+    with pytest.raises(InputError, match="--delimiter is for CSV and TSV"):
+        open_input(path, delimiter=";")
+
+
 def test_header_names_are_stripped_of_surrounding_spaces(tmp_path):
     source = open_input(write(tmp_path / "in.csv", " id , prompt \n1,a\n"))
 

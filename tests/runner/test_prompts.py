@@ -381,6 +381,22 @@ def test_a_missing_column_is_an_input_error_naming_the_option_and_the_columns(
     assert caught.value.path == PATH
 
 
+@pytest.mark.parametrize(
+    ("header", "option"),
+    [
+        ("prompt;id", "--delimiter ';'"),
+        ("prompt|id|note", "--delimiter '|'"),
+        ("prompt\tid", "--delimiter tab"),
+        ("prompt,id", "--delimiter ','"),
+    ],
+)
+def test_a_lone_header_name_holding_a_separator_suggests_the_delimiter(header, option):
+    with pytest.raises(InputError) as caught:
+        builder().check_columns([header])
+
+    assert caught.value.reason.endswith(option)
+
+
 def test_needed_columns_lists_the_template_fields_once_then_the_id_column():
     assert builder(template="{b} {a} {b}", id_column="id").needed_columns() == ["b", "a", "id"]
 
