@@ -62,22 +62,58 @@ def output_schema(input_schema: pa.Schema) -> pa.Schema:
     return pa.schema([*input_schema, *OUTPUT_SCHEMA])
 
 
-def check_output(output: Path, inputs: Sequence[str]) -> None:
-    """Refuse an output that cannot be written or would overwrite an input.
+# Names that promise another format: writing Parquet under them would mislead.
+_OTHER_FORMATS = frozenset(
+    [
+        ".csv",
+        ".tsv",
+        ".tab",
+        ".txt",
+        ".json",
+        ".jsonl",
+        ".ndjson",
+        ".xlsx",
+        ".xls",
+        ".ods",
+        ".arrow",
+        ".feather",
+        ".gz",
+        ".zst",
+        ".bz2",
+    ]
+)
+
+
+def check_output(output: Path, inputs: Sequence[str]) -> Path:
+    """The file to write for ``output``, once it is known to be safe to replace.
+
+    A symbolic link is followed: its target is written (and the checkpoint kept beside
+    the target); the link stays.
 
     Raises:
-        UsageError: the folder is missing or not writable, or the output is an input.
+        UsageError: the name promises another format; the output exists and is not a
+            regular file (a device, a pipe, a folder); its folder is missing or not
+            writable; or it is an input.
     """
+    if output.suffix.lower() in _OTHER_FORMATS:
+        raise UsageError(
+            f"output {output}: aibatch writes Parquet; name the output .parquet"
+            f" (a {output.suffix} name would promise another format)"
+        )
+    if output.is_symlink():
+        output = Path(os.path.realpath(output))
+    if output.exists() and not output.is_file():
+        kind = "a directory" if output.is_dir() else "not a regular file (a device or a pipe?)"
+        raise UsageError(f"output {output} exists and is {kind}; name a .parquet file")
     folder = output.parent if str(output.parent) else Path(".")
     if not folder.is_dir():
         raise UsageError(f"output folder {folder} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UsageError(f"output folder {folder} is not writable")
-    if output.is_dir():
-        raise UsageError(f"output {output} is a directory; name a .parquet file")
     for name in inputs:
         if name != "-" and Path(name).exists() and output.resolve() == Path(name).resolve():
             raise UsageError(f"output {output} is the input file; choose another -o/--output")
+    return output
 
 
 def assemble(
@@ -194,9 +230,24 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return json.loads(value) if value else {}
 
 
-def read_frame(path: str | Path) -> Any:
-    """An output file as a pandas DataFrame."""
-    return pq.read_table(path).to_pandas()
+def read_frame(path: str | Path, like: Any) -> Any:
+    """The rows of output file ``path`` for the DataFrame ``like`` they answer.
+
+    The result is ``like``'s own columns, as they were (types included), followed by
+    the result columns, on ``like``'s own index (named, repeated or multi-level alike),
+    so ``frame["answer"] = result["response"]`` pairs every row with its own answer.
+    The output holds the first rows of ``like`` (all of them but with ``limit``).
+    """
+    results = pq.read_table(path, columns=OUTPUT_SCHEMA.names).to_pandas()
+    return _beside(like, results)
+
+
+def _beside(like: Any, results: Any) -> Any:
+    import pandas as pd
+
+    rows = like.iloc[: len(results)]
+    joined = pd.concat([rows.reset_index(drop=True), results.reset_index(drop=True)], axis=1)
+    return joined.set_axis(rows.index, axis=0)
 
 
 def concatenate(parts: list[str], output: Path, metadata: Mapping[str, Any]) -> int:
@@ -214,6 +265,10 @@ def concatenate(parts: list[str], output: Path, metadata: Mapping[str, Any]) -> 
 
 
 def output_frame(frame: Any) -> Any:
-    """An empty pandas DataFrame with the output columns for input like ``frame``."""
-    schema = output_schema(pa.Schema.from_pandas(frame, preserve_index=False))
-    return schema.remove_metadata().empty_table().to_pandas()
+    """An empty pandas DataFrame with the output columns for input like ``frame``.
+
+    Raises:
+        OutputError: a column of ``frame`` has the name of a result column.
+    """
+    output_schema(pa.schema([(str(name), pa.null()) for name in frame.columns]))
+    return _beside(frame.iloc[:0], OUTPUT_SCHEMA.empty_table().to_pandas())

@@ -34,23 +34,13 @@ from ..io.inputs import PartitionFile, dataset_files, dataset_partitions, open_i
 from ..io.inputs import stage_partitions as _stage
 from ..io.output import concatenate, output_frame, output_schema, read_metadata
 from ..jobs.spec import JobSpec
-from .api import arun_frame_spec, arun_job, checked_provider
+from .job import arun_frame_spec, arun_job, checked_provider
 from .prompts import PromptBuilder
 from .summary import Summary
 
 log = logging.getLogger(__name__)
 
 __all__ = ["run_dask", "run_dask_job", "run_dataset"]
-
-_SUMMED = (
-    "rows", "ok", "error", "skipped", "sent", "requests", "reused", "deduped",
-    "token_requests", "garbage_lines", "prompt_tokens", "completion_tokens", "truncated",
-)  # fmt: skip
-# Options that change what is asked; a partition run under others must run again.
-_REQUEST_OPTIONS = (
-    "prompt_column", "template", "system", "messages_column", "id_column", "provider",
-    "model", "emulate", "temperature", "top_p", "max_tokens", "seed", "stop",
-)  # fmt: skip
 
 
 def _dask() -> Any:
@@ -100,7 +90,7 @@ def run_dask_job(spec: JobSpec) -> Summary:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create output folder {folder}: {exc.strerror}") from exc
-    partitions = _partitions(spec, folder, provider.get_model(spec.model))  # type: ignore[attr-defined]
+    partitions = _partitions(spec, folder, provider.get_model(spec.model))
     identity = _request_identity(spec)
     outputs = [folder / f"part-{p.index:05d}.parquet" for p in partitions]
     done = [_finished(out, p, identity) for p, out in zip(partitions, outputs, strict=True)]
@@ -196,8 +186,8 @@ def _partitions(spec: JobSpec, folder: Path, model: str) -> list[PartitionFile]:
 
 
 def _request_identity(spec: JobSpec) -> str:
-    options = {name: getattr(spec, name) for name in _REQUEST_OPTIONS}
-    text = json.dumps(options, sort_keys=True, default=str)
+    # The options that change what is asked: a partition run under others runs again.
+    text = json.dumps(spec.request_options(), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -222,31 +212,14 @@ def _aggregate(
     finished: Sequence[dict[str, Any]],
     ran: Sequence[dict[str, Any]],
 ) -> Summary:
-    summary = Summary(input=spec.input, output=str(target), provider=spec.provider)
+    parts = [Summary.from_dict(result) for result in ran]
     for counts in finished:  # untouched partitions: every row reused from before
-        summary.rows += counts.get("rows", 0)
-        summary.ok += counts.get("ok", 0)
-        summary.error += counts.get("error", 0)
-        summary.skipped += counts.get("skipped", 0)
-        summary.reused += counts.get("rows", 0) - counts.get("skipped", 0)
+        part = Summary.from_dict(counts)
+        part.reused = part.rows - part.skipped
+        part.deduped = 0
+        parts.append(part)
+    summary = Summary.merge(parts, input=spec.input, output=str(target), provider=spec.provider)
     summary.concurrency = spec.concurrency  # the whole job's budget, shared by partitions
-    medians: list[float] = []
-    worst: list[float] = []
-    for result in ran:
-        for name in _SUMMED:
-            setattr(summary, name, getattr(summary, name) + result.get(name, 0))
-        for kind, count in result.get("errors_by_type", {}).items():
-            summary.errors_by_type[kind] = summary.errors_by_type.get(kind, 0) + count
-        summary.interrupted |= bool(result.get("interrupted"))
-        summary.model = result.get("model", summary.model)
-        if result.get("latency_p50_ms") is not None:
-            medians.append(result["latency_p50_ms"])
-            worst.append(result["latency_p95_ms"])
-    # Percentiles do not add up across partitions: the median of the partitions' medians,
-    # and the worst partition's p95.
-    if medians:
-        summary.latency_p50_ms = sorted(medians)[len(medians) // 2]
-        summary.latency_p95_ms = max(worst)
     return summary
 
 

@@ -157,7 +157,7 @@ class _Partition:
         self.service = service
         self.on_progress = on_progress or (lambda progress: None)
         self.stop = stop
-        self.model = type(provider).get_model(spec.model)  # type: ignore[attr-defined]
+        self.model = type(provider).get_model(spec.model)
         self.builder = PromptBuilder(spec, self.model, source.name)
         self.progress = Progress(concurrency=spec.concurrency)
         self.adaptive = AdaptiveLimit(spec.concurrency) if spec.adaptive else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +78,38 @@ class Summary:
             "deduped": self.deduped,
         }
 
+    @classmethod
+    def merge(cls, parts: Iterable[Summary], **fields: Any) -> Summary:
+        """One summary for a job made of ``parts`` (its partitions).
+
+        Counts add up; errors by type add up per type; the job is interrupted when any
+        part was. Percentiles do not add up: the p50 is the median of the parts' p50s,
+        the p95 the worst part's. ``fields`` set the rest (input, output, ...).
+        """
+        merged = cls(**fields)
+        medians: list[float] = []
+        worst: list[float] = []
+        for part in parts:
+            for name in _SUMMED:
+                setattr(merged, name, getattr(merged, name) + getattr(part, name))
+            for kind, count in part.errors_by_type.items():
+                merged.errors_by_type[kind] = merged.errors_by_type.get(kind, 0) + count
+            merged.interrupted |= part.interrupted
+            merged.model = part.model or merged.model
+            if part.latency_p50_ms is not None and part.latency_p95_ms is not None:
+                medians.append(part.latency_p50_ms)
+                worst.append(part.latency_p95_ms)
+        if medians:
+            merged.latency_p50_ms = sorted(medians)[len(medians) // 2]
+            merged.latency_p95_ms = max(worst)
+        return merged
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Summary:
+        """A summary from :meth:`to_dict` (or an output's recorded counts)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{"input": "", **{k: v for k, v in data.items() if k in names}})
+
     def to_dict(self) -> dict[str, Any]:
         """The summary as JSON-ready values."""
         data = dataclasses.asdict(self)
@@ -87,3 +119,9 @@ class Summary:
     def to_json(self) -> str:
         """The summary as a JSON document."""
         return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
+
+
+# The counts that add up across partitions: every whole-number field but the limit.
+_SUMMED = tuple(
+    f.name for f in dataclasses.fields(Summary) if f.type == "int" and f.name != "concurrency"
+)

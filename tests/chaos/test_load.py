@@ -17,8 +17,8 @@ import pytest
 
 from aibatch.jobs.spec import JobSpec, RetryPolicy
 from aibatch.providers.emulator import Emulator, Faults, answer_for
-from aibatch.runner.api import arun_job
 from aibatch.runner.engine import Progress
+from aibatch.runner.job import arun_job
 
 from .checks import assert_tokens_follow_expiries, injected, tally, write_prompts
 

@@ -18,8 +18,8 @@ from anyio.abc import ByteReceiveStream
 
 from aibatch.jobs.spec import JobSpec, RetryPolicy
 from aibatch.providers.emulator import Emulator, Faults
-from aibatch.runner.api import arun_job
 from aibatch.runner.engine import Progress
+from aibatch.runner.job import arun_job
 
 from .checks import (
     assert_every_row_accounted,

@@ -36,8 +36,8 @@ from aibatch.cli import main
 from aibatch.jobs.checkpoint import checkpoint_dir
 from aibatch.jobs.spec import JobSpec
 from aibatch.providers.emulator import Emulator, Faults, answer_for
-from aibatch.runner.api import arun_job
 from aibatch.runner.engine import Progress
+from aibatch.runner.job import arun_job
 from tests.conftest import emulator_in_thread
 
 from .checks import injected, invoke, read_part, tally, write_prompts

@@ -206,6 +206,21 @@ def test_run_dask_answers_a_dask_dataframe_lazily(tmp_path: Path, client: object
     assert len(list((tmp_path / "out").glob("part-*.parquet"))) == 4
 
 
+def test_run_dask_keeps_the_partitions_index_and_divisions(client: object) -> None:
+    frame = pd.DataFrame(
+        {"prompt": [f"question {i}" for i in range(40)]},
+        index=pd.Index(range(0, 80, 2), name="ticket"),
+    )
+    ddf = dask_dataframe.from_pandas(frame, npartitions=4)
+    with emulator_in_thread() as emu:
+        lazy = aibatch.dask.run_dask(ddf, base_url=emu.base_url)
+        result = lazy.compute()
+
+    assert lazy.divisions == ddf.divisions
+    pd.testing.assert_index_equal(result.index, frame.index)
+    assert list(result["response"]) == [answer_for(p) for p in frame["prompt"]]
+
+
 def test_dask_options_without_the_dask_engine_are_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(aibatch.UsageError, match="--engine dask"):
         aibatch.run_file(tmp_path / "in.csv", workers=2)
