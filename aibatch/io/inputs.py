@@ -48,6 +48,7 @@ _EXTENSIONS = {
     ".parquet": "parquet",
     ".pq": "parquet",
 }
+QUOTINGS = ("csv", "none")
 _DELIMITER_NAMES = {"\\t": "\t", "tab": "\t"}
 _CSV_FIELD_LIMIT = 2**31 - 1
 
@@ -146,11 +147,11 @@ class InputSource:
         return "has no rows"
 
 
-def _open_text(path: str, encoding: str, name: str) -> IO[str]:
+def _open_text(path: str, encoding: str, name: str, newline: str = "") -> IO[str]:
     if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
         encoding = "utf-8-sig"  # a byte-order mark is not part of the first column's name
     try:
-        return open(path, encoding=encoding, newline="", errors="strict")
+        return open(path, encoding=encoding, newline=newline, errors="strict")
     except LookupError as exc:
         raise InputError(name, f"unknown encoding {encoding!r}") from exc
     except OSError as exc:
@@ -177,28 +178,58 @@ def _decode_error(
 
 
 class CsvSource(InputSource):
-    """A CSV or TSV file with a header row."""
+    """A CSV or TSV file with a header row.
+
+    With ``quoting=False`` (TSV's default) a quote is text like any other character and
+    each line is a row: a field cannot hold the delimiter or a line break.
+    """
 
     def __init__(
-        self, path: str, *, delimiter: str = ",", encoding: str = "utf-8", **kwargs: Any
+        self,
+        path: str,
+        *,
+        delimiter: str = ",",
+        quoting: bool = True,
+        encoding: str = "utf-8",
+        **kwargs: Any,
     ) -> None:
         super().__init__(path, **kwargs)
         self.delimiter = delimiter
+        self.quoting = quoting
         self.encoding = encoding
         self.columns = self._read_header()
 
+    def _records(self, handle: IO[str]) -> Iterator[tuple[int, list[str]]]:
+        """``(line, fields)`` of each record that is not a blank line, the header first."""
+        if not self.quoting:
+            delimiter = self.delimiter
+            for number, text in enumerate(handle, 1):
+                text = text.rstrip("\r\n")
+                if text:
+                    yield number, text.split(delimiter)
+            return
+        reader = csv.reader(handle, delimiter=self.delimiter, strict=True)
+        line = 1
+        try:
+            for record in reader:
+                if record:
+                    yield line, record
+                line = reader.line_num + 1
+        except csv.Error as exc:
+            raise InputError(self.name, f"malformed CSV: {exc}", line=line) from exc
+
+    def _open(self) -> IO[str]:
+        # Without quoting only \n ends a line: a lone \r is text, as a tab-separated
+        # field cannot be quoted to hold it.
+        return _open_text(self.path, self.encoding, self.name, "" if self.quoting else "\n")
+
     def _read_header(self) -> list[str]:
-        with _open_text(self.path, self.encoding, self.name) as handle:
-            reader = csv.reader(handle, delimiter=self.delimiter, strict=True)
+        csv.field_size_limit(_CSV_FIELD_LIMIT)
+        with self._open() as handle:
             try:
-                header = _header(reader)
+                line, header = next(self._records(handle), (1, None))
             except UnicodeDecodeError as exc:
                 raise _decode_error(self.path, self.encoding, exc, self.name) from exc
-            except csv.Error as exc:
-                raise InputError(
-                    self.name, f"malformed header: {exc}", line=reader.line_num
-                ) from exc
-            line = reader.line_num
         if header is None:
             raise InputError(self.name, "is empty (no header row)")
         names = [name.strip() for name in header]
@@ -223,20 +254,15 @@ class CsvSource(InputSource):
         csv.field_size_limit(_CSV_FIELD_LIMIT)
         width = len(self.columns)
         names = self.columns
-        with _open_text(self.path, self.encoding, self.name) as handle:
-            reader = csv.reader(handle, delimiter=self.delimiter, strict=True)
+        with self._open() as handle:
             rows: list[list[str]] = []
             lines: list[int] = []
             start = 0
-            line = 1
             try:
-                _header(reader)
-                line = reader.line_num + 1
-                for record in reader:
+                records = self._records(handle)
+                next(records, None)  # the header
+                for line, record in records:
                     if len(record) != width:
-                        if not record:  # a blank line
-                            line = reader.line_num + 1
-                            continue
                         raise InputError(
                             self.name,
                             f"expected {width} fields as in the header, found {len(record)}",
@@ -244,25 +270,14 @@ class CsvSource(InputSource):
                         )
                     rows.append(record)
                     lines.append(line)
-                    line = reader.line_num + 1
                     if len(rows) == self.batch_rows:
                         yield Batch(_string_batch(names, rows), start, lines)
                         start += len(rows)
                         rows, lines = [], []
             except UnicodeDecodeError as exc:
                 raise _decode_error(self.path, self.encoding, exc, self.name) from exc
-            except csv.Error as exc:
-                raise InputError(self.name, f"malformed CSV: {exc}", line=line) from exc
             if rows:
                 yield Batch(_string_batch(names, rows), start, lines)
-
-
-def _header(reader: Iterator[list[str]]) -> list[str] | None:
-    """The first record that is not a blank line, or ``None`` at the end."""
-    for record in reader:
-        if record:
-            return record
-    return None
 
 
 def _string_batch(names: list[str], rows: list[list[str]]) -> pa.RecordBatch:
@@ -457,6 +472,7 @@ def open_input(
     input_format: str | None = None,
     encoding: str = "utf-8",
     delimiter: str | None = None,
+    quoting: str | None = None,
     batch_rows: int = 10_000,
     limit: int | None = None,
     name: str | None = None,
@@ -470,6 +486,9 @@ def open_input(
         encoding: of text formats.
         delimiter: CSV/TSV field separator, one character (``tab`` or backslash-t for a tab)
             [default: ``,`` for CSV, a tab for TSV].
+        quoting: ``csv``: quotes group a field, which may then hold the delimiter, quotes
+            and line breaks (the default for CSV); ``none``: quotes are text and each line
+            is a row (the default for TSV).
         batch_rows: the most rows in one batch.
         limit: read only the first ``limit`` rows.
         name: how messages name the input [default: ``path``].
@@ -495,14 +514,20 @@ def open_input(
         "name": name,
         "offset": offset,
     }
-    if fmt in ("parquet", "jsonl") and delimiter is not None:
-        raise InputError(label, f"--delimiter is for CSV and TSV input, not {fmt}")
+    if fmt in ("parquet", "jsonl") and (delimiter is not None or quoting is not None):
+        option = "--delimiter" if delimiter is not None else "--quoting"
+        raise InputError(label, f"{option} is for CSV and TSV input, not {fmt}")
     if fmt == "parquet":
         return ParquetSource(path, **common)
     if fmt == "jsonl":
         return JsonlSource(path, encoding=encoding, **common)
+    quoting = quoting or ("csv" if fmt == "csv" else "none")
+    if quoting not in QUOTINGS:
+        raise InputError(label, f"--quoting takes csv or none, not {quoting!r}")
     separator = _delimiter(delimiter, fmt, label)
-    return CsvSource(path, delimiter=separator, encoding=encoding, **common)
+    return CsvSource(
+        path, delimiter=separator, quoting=quoting == "csv", encoding=encoding, **common
+    )
 
 
 def spool_stdin(directory: Path) -> Path:

@@ -93,7 +93,8 @@ class PromptBuilder:
         """Raise an :class:`InputError` naming the first needed column that is missing.
 
         When the header is one name holding ``;``, ``|``, a tab or a comma, the file was
-        split on the wrong character: the message names the ``--delimiter`` to pass.
+        split on the wrong character: the message names the ``--delimiter`` to pass. When
+        the column is there in quotes, it names ``--quoting csv``.
         """
         for name in self.needed_columns():
             if name not in columns:
@@ -109,7 +110,7 @@ class PromptBuilder:
                 raise InputError(
                     self.path,
                     f"no column {name!r} ({option}); the columns are:"
-                    f" {', '.join(map(shown, columns))}{_delimiter_hint(columns)}",
+                    f" {', '.join(map(shown, columns))}{_hint(name, columns)}",
                 )
 
     def ids(self, batch: Batch) -> list[str]:
@@ -209,8 +210,10 @@ class PromptBuilder:
         return out
 
 
-def _delimiter_hint(columns: Sequence[str]) -> str:
-    """``; ... pass --delimiter ';'`` when a lone header name looks like several, else ``""``."""
+def _hint(name: str, columns: Sequence[str]) -> str:
+    """The option that would find column ``name`` in a header read as ``columns``, if any."""
+    if f'"{name}"' in columns:
+        return "; the header is quoted: pass --quoting csv"
     if len(columns) != 1:
         return ""
     counts = {char: columns[0].count(char) for char in _DELIMITERS}

@@ -135,6 +135,38 @@ def test_a_delimiter_for_jsonl_input_is_an_input_error(tmp_path):
         open_input(path, delimiter=";")
 
 
+def test_a_tsv_cell_in_quotes_is_that_text_quotes_kept(tmp_path):
+    source = open_input(write(tmp_path / "in.tsv", 'id\tprompt\n1\t"To be" or not\n'))
+
+    assert read_rows(source) == [{"id": "1", "prompt": '"To be" or not'}]
+
+
+def test_a_tsv_line_is_a_row_though_a_quote_in_it_is_never_closed(tmp_path):
+    source = open_input(write(tmp_path / "in.tsv", 'prompt\n"open quote\nnext\n'))
+
+    assert read_rows(source) == [{"prompt": '"open quote'}, {"prompt": "next"}]
+    assert read_lines(source) == [2, 3]
+
+
+def test_quoting_csv_lets_a_quoted_tsv_field_hold_tabs_and_line_breaks(tmp_path):
+    path = write(tmp_path / "in.tsv", 'id\tprompt\n1\t"a\tb\nc"\n')
+
+    source = open_input(path, quoting="csv")
+
+    assert read_rows(source) == [{"id": "1", "prompt": "a\tb\nc"}]
+
+
+def test_quoting_none_keeps_the_quotes_of_a_csv(tmp_path):
+    source = open_input(write(tmp_path / "in.csv", 'prompt\n"quoted"\n'), quoting="none")
+
+    assert read_rows(source) == [{"prompt": '"quoted"'}]
+
+
+def test_an_unknown_quoting_is_an_input_error(tmp_path):
+    with pytest.raises(InputError, match="--quoting takes csv or none"):
+        open_input(write(tmp_path / "in.csv", csv_of(1)), quoting="all")
+
+
 def test_header_names_are_stripped_of_surrounding_spaces(tmp_path):
     source = open_input(write(tmp_path / "in.csv", " id , prompt \n1,a\n"))
 

@@ -397,6 +397,13 @@ def test_a_lone_header_name_holding_a_separator_suggests_the_delimiter(header, o
     assert caught.value.reason.endswith(option)
 
 
+def test_a_missing_column_that_is_there_in_quotes_suggests_quoting_csv():
+    with pytest.raises(InputError) as caught:
+        builder().check_columns(['"id"', '"prompt"'])
+
+    assert caught.value.reason.endswith("pass --quoting csv")
+
+
 def test_needed_columns_lists_the_template_fields_once_then_the_id_column():
     assert builder(template="{b} {a} {b}", id_column="id").needed_columns() == ["b", "a", "id"]
 
