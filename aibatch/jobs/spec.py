@@ -1,5 +1,10 @@
 """JobSpec, RetryPolicy: a job's options as frozen values that check their bounds.
 
+Every option is declared once, as a :class:`JobSpec` field. The command line (an
+``aibatch run`` option of the same name), job files (a key of the same name), the
+library API (a keyword of the same name) and the request identity derive from the
+fields; a field's metadata (:func:`opt`) says whether it changes what is asked.
+
 Precedence when options come from several places: command line > job file (TOML,
 read by :func:`load_job`) > environment > default.
 """
@@ -9,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,16 +25,29 @@ from ..errors import UsageError
 __all__ = [
     "ENGINES",
     "INPUT_FORMATS",
+    "REQUEST_OPTIONS",
     "SAMPLING_OPTIONS",
     "JobSpec",
     "RetryPolicy",
     "load_job",
+    "opt",
     "parse_max_failures",
 ]
 
 INPUT_FORMATS = ("csv", "tsv", "jsonl", "parquet")
-SAMPLING_OPTIONS = ("max_tokens", "seed", "stop", "temperature", "top_p")
 ENGINES = ("local", "dask")
+
+
+def opt(*, request: bool = False, sampling: bool = False) -> dict[str, bool]:
+    """Field metadata saying what a job option does to each request.
+
+    Args:
+        request: the option changes what is asked (the prompt, its model, its provider):
+            a stored answer given under another value is not this row's answer.
+        sampling: the option is sent to the provider with every request (implies
+            ``request``).
+    """
+    return {"request": request or sampling, "sampling": sampling}
 
 
 def _check(condition: bool, message: str) -> None:
@@ -78,29 +97,29 @@ class JobSpec:
     output: str | None = None
     input_format: str | None = None
     encoding: str = "utf-8"
-    prompt_column: str = "prompt"
-    template: str | None = None
-    system: str | None = None
-    messages_column: str | None = None
-    id_column: str | None = None
-    provider: str = "aichatonline"
-    model: str | None = None
+    prompt_column: str = field(default="prompt", metadata=opt(request=True))
+    template: str | None = field(default=None, metadata=opt(request=True))
+    system: str | None = field(default=None, metadata=opt(request=True))
+    messages_column: str | None = field(default=None, metadata=opt(request=True))
+    id_column: str | None = field(default=None, metadata=opt(request=True))
+    provider: str = field(default="aichatonline", metadata=opt(request=True))
+    model: str | None = field(default=None, metadata=opt(request=True))
     base_url: str | None = None
     proxy: str | None = field(default=None, repr=False)
     concurrency: int = 16
     adaptive: bool = False
     rps: float | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    max_tokens: int | None = None
-    seed: int | None = None
-    stop: tuple[str, ...] | None = None
+    temperature: float | None = field(default=None, metadata=opt(sampling=True))
+    top_p: float | None = field(default=None, metadata=opt(sampling=True))
+    max_tokens: int | None = field(default=None, metadata=opt(sampling=True))
+    seed: int | None = field(default=None, metadata=opt(sampling=True))
+    stop: tuple[str, ...] | None = field(default=None, metadata=opt(sampling=True))
     stream: bool = True
     api_key_env: str | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     timeout: float = 120.0
     limit: int | None = None
-    emulate: bool = False
+    emulate: bool = field(default=False, metadata=opt(request=True))
     dedupe: bool = True
     retry_failed: bool = True
     restart: bool = False
@@ -137,7 +156,10 @@ class JobSpec:
             "api_key_env names an environment variable",
         )
         _check(self.timeout > 0, "timeout must be positive")
-        _check(self.limit is None or self.limit >= 0, "limit must be >= 0")
+        _check(
+            self.limit is None or self.limit >= 1,
+            "limit must be >= 1 (to check the input and send nothing, use a dry run)",
+        )
         _check(self.max_failures is None or self.max_failures >= 0, "max failures must be >= 0")
         _check(
             self.max_failure_percent is None or 0 <= self.max_failure_percent <= 100,
@@ -161,6 +183,10 @@ class JobSpec:
             self.template is None or self.messages_column is None,
             "use --template or --messages-column, not both",
         )
+
+    def request_options(self) -> dict[str, Any]:
+        """The options that change what is asked (:data:`REQUEST_OPTIONS`), by name."""
+        return {name: getattr(self, name) for name in REQUEST_OPTIONS}
 
     def sampling(self) -> tuple[tuple[str, object], ...]:
         """The sampling options set, as sorted pairs: part of every request's identity."""
@@ -206,6 +232,15 @@ class JobSpec:
         )
 
 
+def _marked(key: str) -> tuple[str, ...]:
+    return tuple(sorted(f.name for f in dataclasses.fields(JobSpec) if f.metadata.get(key)))
+
+
+# Sorted: the sampling pairs are part of every request's hash in the checkpoint.
+SAMPLING_OPTIONS = _marked("sampling")
+REQUEST_OPTIONS = _marked("request")
+
+
 def parse_max_failures(value: str) -> dict[str, Any]:
     """Read ``--max-failures``: ``"N"`` rows or ``"N%"`` of the rows."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(%?)\s*", value)
@@ -224,25 +259,44 @@ _RETRY_KEYS = {f.name for f in dataclasses.fields(RetryPolicy)}
 _JOB_KEYS = {f.name for f in dataclasses.fields(JobSpec)} - {"retry"}
 
 
+def _members(hint: Any) -> list[Any]:
+    """The types a field takes: the members of a union, less ``None``."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return [t for t in typing.get_args(hint) if t is not type(None)]
+    return [hint]
+
+
+def _accepts(hint: Any, value: object) -> bool:
+    if typing.get_origin(hint) is tuple:
+        item = typing.get_args(hint)[0]
+        return isinstance(value, (list, tuple)) and all(_accepts(item, v) for v in value)
+    if hint in (int, float) and isinstance(value, bool):
+        return False  # TOML's true is not the number 1
+    if hint is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is tuple:
+        return f"list of {_type_name(typing.get_args(hint)[0])}s"
+    names = {bool: "boolean", int: "whole number", float: "number", str: "string"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
 def _check_types(path: Path, cls: type, values: dict[str, Any], prefix: str) -> None:
-    """Refuse a job-file value whose type the field does not take, naming the key."""
+    """Refuse a job-file value whose type the field does not take, naming the key.
+
+    A TOML array for a tuple field (``stop = ["###"]``) becomes a tuple.
+    """
     hints = typing.get_type_hints(cls)
     for key, value in values.items():
-        kinds = [typing.get_origin(t) or t for t in typing.get_args(hints[key]) or (hints[key],)]
-        allowed = tuple(t for t in kinds if isinstance(t, type))
-        if float in allowed:
-            allowed += (int,)
-        if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
-            names = " or ".join(
-                sorted(
-                    {
-                        "number" if t in (int, float) else t.__name__
-                        for t in allowed
-                        if t is not type(None)
-                    }
-                )
-            )
+        kinds = _members(hints[key])
+        if not any(_accepts(kind, value) for kind in kinds):
+            names = " or ".join(_type_name(kind) for kind in kinds)
             raise UsageError(f"job file {path}: {prefix}{key} must be a {names}, not {value!r}")
+        if isinstance(value, list):
+            values[key] = tuple(value)
 
 
 def load_job(path: str | Path) -> dict[str, Any]:
@@ -262,8 +316,6 @@ def load_job(path: str | Path) -> dict[str, Any]:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"job file {path} is not valid TOML: {exc}") from exc
     retry = data.pop("retry", {})
-    if isinstance(data.get("stop"), list):
-        data["stop"] = tuple(data["stop"])
     if "max_failures" in data and isinstance(data["max_failures"], str):
         data.update(parse_max_failures(data.pop("max_failures")))
     unknown = sorted(set(data) - _JOB_KEYS)

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from aibatch.errors import UsageError
-from aibatch.jobs.spec import JobSpec, RetryPolicy, load_job, parse_max_failures
+from aibatch.jobs.spec import (
+    REQUEST_OPTIONS,
+    SAMPLING_OPTIONS,
+    JobSpec,
+    RetryPolicy,
+    load_job,
+    parse_max_failures,
+)
 
 SAMPLE_JOB = Path(__file__).resolve().parents[2] / "sample_data" / "job.toml"
 
@@ -41,6 +48,7 @@ def test_a_spec_needs_only_an_input():
         ({"rps": -1.0}, "rps"),
         ({"timeout": 0}, "timeout"),
         ({"limit": -1}, "limit"),
+        ({"limit": 0}, "use a dry run"),
         ({"max_failures": -1}, "max failures"),
         ({"max_failure_percent": -0.1}, "percent"),
         ({"max_failure_percent": 100.1}, "percent"),
@@ -62,7 +70,7 @@ def test_a_spec_out_of_bounds_is_a_usage_error_saying_which(options, complaint):
         {"concurrency": 100_000},
         {"batch_rows": 1},
         {"batch_rows": 1_000_000},
-        {"limit": 0},
+        {"limit": 1},
         {"max_failures": 0},
         {"max_failure_percent": 0},
         {"max_failure_percent": 100},
@@ -361,3 +369,44 @@ def test_a_value_of_the_wrong_type_in_a_job_file_is_a_usage_error(tmp_path, text
 
     with pytest.raises(UsageError):
         JobSpec(**load_job(path))
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "wanted"),
+    [
+        ("stop = [1, 2]\n", "stop", "list of strings"),
+        ('stop = ["###", 3]\n', "stop", "list of strings"),
+        ('stop = "###"\n', "stop", "list of strings"),
+        ("concurrency = 2.5\n", "concurrency", "whole number"),
+        ("concurrency = true\n", "concurrency", "whole number"),
+        ("[retry]\nattempts = [3]\n", "retry.attempts", "whole number"),
+    ],
+)
+def test_a_job_file_value_of_the_wrong_type_is_refused_naming_its_key(tmp_path, text, key, wanted):
+    path = job_file(tmp_path, 'input = "in.csv"\n' + text)
+
+    with pytest.raises(UsageError, match=f"{key} must be a {wanted}"):
+        load_job(path)
+
+
+def test_a_list_of_stop_strings_in_a_job_file_becomes_a_tuple(tmp_path):
+    path = job_file(tmp_path, 'input = "in.csv"\nstop = ["###", "END"]\n')
+
+    assert JobSpec(**load_job(path)).stop == ("###", "END")
+
+
+# options declared once
+
+
+def test_sampling_options_are_the_fields_marked_sampling_in_sorted_order():
+    # Sorted: the pairs are hashed into every checkpointed request.
+    assert SAMPLING_OPTIONS == ("max_tokens", "seed", "stop", "temperature", "top_p")
+
+
+def test_request_options_name_each_option_that_changes_what_is_asked():
+    spec = JobSpec(input="in.csv", system="Be brief.", temperature=0.5, concurrency=3)
+
+    options = spec.request_options()
+
+    assert options["system"] == "Be brief." and options["temperature"] == 0.5
+    assert "concurrency" not in options and set(options) == set(REQUEST_OPTIONS)
