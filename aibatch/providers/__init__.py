@@ -8,13 +8,18 @@ known directly so that a source checkout works without installing.
 
 from __future__ import annotations
 
+from importlib import import_module
 from importlib.metadata import EntryPoint, entry_points
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UnknownProviderError, UsageError
-from .aichatonline import AiChatOnline
-from .base import AsyncGeneratorProvider, ProviderModelMixin
-from .emulator import Emulator, Faults, answer_for
-from .openai import OpenAIChat
+from .faults import Faults
+
+if TYPE_CHECKING:
+    from .aichatonline import AiChatOnline
+    from .base import AsyncGeneratorProvider, ProviderModelMixin
+    from .emulator import Emulator, answer_for
+    from .openai import OpenAIChat
 
 __all__ = [
     "BUILTIN_PROVIDERS",
@@ -31,10 +36,26 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "aibatch.providers"
-BUILTIN_PROVIDERS: dict[str, type[AsyncGeneratorProvider]] = {
-    AiChatOnline.name: AiChatOnline,
-    OpenAIChat.name: OpenAIChat,
+# "module:Class", imported when asked for: `aibatch --help` and `aibatch.providers.faults`
+# (the CLI's start-up) must not import aiohttp.
+BUILTIN_PROVIDERS: dict[str, str] = {
+    "aichatonline": "aibatch.providers.aichatonline:AiChatOnline",
+    "openai": "aibatch.providers.openai:OpenAIChat",
 }
+_LAZY = {
+    "AiChatOnline": ".aichatonline",
+    "AsyncGeneratorProvider": ".base",
+    "ProviderModelMixin": ".base",
+    "Emulator": ".emulator",
+    "answer_for": ".emulator",
+    "OpenAIChat": ".openai",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(_LAZY[name], __name__), name)
 
 
 def _entry_points() -> dict[str, EntryPoint]:
@@ -56,8 +77,12 @@ def get_provider(name: str) -> type[AsyncGeneratorProvider]:
     found = _entry_points().get(name)
     if found is None:
         if name in BUILTIN_PROVIDERS:
-            return BUILTIN_PROVIDERS[name]
+            module, _, attribute = BUILTIN_PROVIDERS[name].partition(":")
+            builtin: type[AsyncGeneratorProvider] = getattr(import_module(module), attribute)
+            return builtin
         raise UnknownProviderError(name, provider_names())
+    from .base import AsyncGeneratorProvider, ProviderModelMixin
+
     try:
         provider = found.load()
     except Exception as exc:  # a plugin's import can fail in any way: say which and why

@@ -32,13 +32,13 @@ from typing import Any
 import anyio
 from aiohttp import web
 
+from .faults import PROTOCOLS, Faults
 from .helpers import format_prompt
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Emulator", "Faults", "answer_for"]
+__all__ = ["PROTOCOLS", "Emulator", "Faults", "answer_for"]
 
-PROTOCOLS = ("aichatonline", "openai")
 TOKEN_PATH = "/api/v1/user/getUniqueId"
 CHAT_PATH = "/aichatonline/api/chat/gpt"
 
@@ -60,52 +60,6 @@ def split_chunks(text: str, chunks: int) -> list[str]:
         pieces.append(text[start:end])
         start = end
     return pieces
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Faults:
-    """Faults the emulator injects, each drawn per chat request with seeded randomness.
-
-    Attributes:
-        error_rate: share of chat requests answered HTTP 500.
-        rate_limit_rate: share answered 429 with ``Retry-After: retry_after``.
-        retry_after: seconds sent in ``Retry-After``.
-        cut_rate: share of streams cut mid-way (connection closed before the end).
-        garbage_rate: share of streams with garbage and blank lines mixed in.
-        stall_rate: share of requests whose first byte waits ``stall_seconds``.
-        stall_seconds: how long a stalled request waits.
-        token_max_uses: a token expires after this many chat requests (then 401).
-        token_max_age: a token expires after this many seconds (then 401).
-        token_concurrency: chat requests one token may have in flight (above: 429).
-        max_inflight: chat requests the server takes at once (above: 429).
-        max_rps: chat requests the server takes per second (above: 429).
-        seed: seed of the fault draws.
-    """
-
-    error_rate: float = 0.0
-    rate_limit_rate: float = 0.0
-    retry_after: float = 1.0
-    cut_rate: float = 0.0
-    garbage_rate: float = 0.0
-    stall_rate: float = 0.0
-    stall_seconds: float = 30.0
-    token_max_uses: int | None = None
-    token_max_age: float | None = None
-    token_concurrency: int | None = None
-    max_inflight: int | None = None
-    max_rps: int | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        rates = (
-            self.error_rate,
-            self.rate_limit_rate,
-            self.cut_rate,
-            self.garbage_rate,
-            self.stall_rate,
-        )
-        if any(not 0.0 <= r <= 1.0 for r in rates) or sum(rates) > 1.0:
-            raise ValueError("fault rates must each lie in [0, 1] and add up to at most 1")
 
 
 @dataclass(slots=True)
