@@ -3,14 +3,18 @@
 A source is re-iterable: the engine reads it once to check and key every row before
 anything is sent, again to send, and a last time to write the output, each time in
 batches of at most ``batch_rows`` rows, so memory stays flat however long the file is.
-Every problem is an :class:`InputError` naming the file, the line and the column.
+Text files may be gzip, zstd or bz2 compressed. Every problem is an :class:`InputError`
+naming the file, the line and the column.
 """
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import csv
 import glob
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -26,6 +30,7 @@ import pyarrow.parquet as pq
 from ..errors import InputError, shown
 from ..files import DIR_MODE, atomic_write
 from ..jobs.spec import INPUT_FORMATS
+from .raw import COMPRESSION_SUFFIXES, READ_ERRORS, RawPass, format_suffix
 
 __all__ = [
     "Batch",
@@ -147,37 +152,76 @@ class InputSource:
         return "has no rows"
 
 
-def _open_text(path: str, encoding: str, name: str, newline: str = "") -> IO[str]:
-    if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
-        encoding = "utf-8-sig"  # a byte-order mark is not part of the first column's name
-    try:
-        return open(path, encoding=encoding, newline=newline, errors="strict")
-    except LookupError as exc:
-        raise InputError(name, f"unknown encoding {encoding!r}") from exc
-    except OSError as exc:
-        raise InputError(name, f"cannot read: {exc.strerror or exc}") from exc
+class TextSource(InputSource):
+    """A text file in ``encoding``, perhaps gzip, zstd or bz2 compressed.
 
+    Attributes:
+        compression: ``gzip``, ``zstd``, ``bz2`` or ``None``, from the file's first bytes.
+    """
 
-def _decode_error(
-    path: str, encoding: str, exc: UnicodeDecodeError, name: str | None = None
-) -> InputError:
-    """Find the line and byte column of the first undecodable byte."""
-    codec = "utf-8" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
-    with open(path, "rb") as raw:
-        for number, line in enumerate(raw, 1):
+    def __init__(self, path: str, *, encoding: str = "utf-8", **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self.encoding = encoding
+        try:
+            codecs.lookup(encoding)
+        except LookupError as exc:
+            raise InputError(self.name, f"unknown encoding {encoding!r}") from exc
+        with self._open_pass() as raw:
+            self.compression = raw.compression
             try:
-                line.decode(codec)
-            except UnicodeDecodeError as bad:
-                return InputError(
-                    name or path,
-                    f"bytes that are not valid {encoding} at byte {bad.start + 1} of the line;"
-                    " pass --encoding (e.g. --encoding latin-1)",
-                    line=number,
-                )
-    return InputError(name or path, f"not valid {encoding}: {exc.reason}; pass --encoding")
+                empty = not raw.stream.read(1)
+            except READ_ERRORS as exc:
+                raise self._read_error(exc, 0) from exc
+        if empty:
+            raise InputError(self.name, f"is empty once {self.compression} decompressed")
+        # utf-8-sig: a UTF-8 byte-order mark is not part of the first column's name.
+        self.codec = "utf-8-sig" if _is_utf8(encoding) else encoding
+
+    @contextlib.contextmanager
+    def _open_pass(self) -> Iterator[RawPass]:
+        """The file's bytes, decompressed, for one read from its start."""
+        try:
+            raw = RawPass(self.path)
+        except OSError as exc:
+            raise InputError(self.name, f"cannot read: {exc.strerror or exc}") from exc
+        with raw:
+            yield raw
+
+    def _text(self, raw: RawPass, newline: str = "") -> IO[str]:
+        return io.TextIOWrapper(raw.stream, encoding=self.codec, errors="strict", newline=newline)
+
+    def _read_error(self, exc: BaseException, line: int) -> InputError:
+        """A read that failed: damaged compressed data, or the disk."""
+        where = f" after line {line}" if line else ""
+        if self.compression:
+            reason = f"the {self.compression} data is damaged or cut short{where}: {exc}"
+        else:
+            reason = f"cannot read{where}: {getattr(exc, 'strerror', None) or exc}"
+        return InputError(self.name, reason)
+
+    def _decode_error(self, exc: UnicodeDecodeError) -> InputError:
+        """Find the line and byte column of the first undecodable byte."""
+        codec = "utf-8" if self.codec == "utf-8-sig" else self.codec
+        fix = "pass --encoding (e.g. --encoding latin-1)"
+        with self._open_pass() as raw:
+            for number, line in enumerate(raw.stream, 1):
+                try:
+                    line.decode(codec)
+                except UnicodeDecodeError as bad:
+                    return InputError(
+                        self.name,
+                        f"bytes that are not valid {self.encoding} at byte {bad.start + 1} of"
+                        f" the line; {fix}",
+                        line=number,
+                    )
+        return InputError(self.name, f"not valid {self.encoding}: {exc.reason}; {fix}")
 
 
-class CsvSource(InputSource):
+def _is_utf8(encoding: str) -> bool:
+    return encoding.lower().replace("_", "-") in ("utf-8", "utf8")
+
+
+class CsvSource(TextSource):
     """A CSV or TSV file with a header row.
 
     With ``quoting=False`` (TSV's default) a quote is text like any other character and
@@ -190,13 +234,11 @@ class CsvSource(InputSource):
         *,
         delimiter: str = ",",
         quoting: bool = True,
-        encoding: str = "utf-8",
         **kwargs: Any,
     ) -> None:
         super().__init__(path, **kwargs)
         self.delimiter = delimiter
         self.quoting = quoting
-        self.encoding = encoding
         self.columns = self._read_header()
 
     def _records(self, handle: IO[str]) -> Iterator[tuple[int, list[str]]]:
@@ -218,18 +260,20 @@ class CsvSource(InputSource):
         except csv.Error as exc:
             raise InputError(self.name, f"malformed CSV: {exc}", line=line) from exc
 
-    def _open(self) -> IO[str]:
+    def _open_records(self, raw: RawPass) -> Iterator[tuple[int, list[str]]]:
         # Without quoting only \n ends a line: a lone \r is text, as a tab-separated
         # field cannot be quoted to hold it.
-        return _open_text(self.path, self.encoding, self.name, "" if self.quoting else "\n")
+        return self._records(self._text(raw, "" if self.quoting else "\n"))
 
     def _read_header(self) -> list[str]:
         csv.field_size_limit(_CSV_FIELD_LIMIT)
-        with self._open() as handle:
+        with self._open_pass() as raw:
             try:
-                line, header = next(self._records(handle), (1, None))
+                line, header = next(self._open_records(raw), (1, None))
             except UnicodeDecodeError as exc:
-                raise _decode_error(self.path, self.encoding, exc, self.name) from exc
+                raise self._decode_error(exc) from exc
+            except READ_ERRORS as exc:
+                raise self._read_error(exc, 0) from exc
         if header is None:
             raise InputError(self.name, "is empty (no header row)")
         names = [name.strip() for name in header]
@@ -254,12 +298,13 @@ class CsvSource(InputSource):
         csv.field_size_limit(_CSV_FIELD_LIMIT)
         width = len(self.columns)
         names = self.columns
-        with self._open() as handle:
+        with self._open_pass() as raw:
             rows: list[list[str]] = []
             lines: list[int] = []
             start = 0
+            line = 1
             try:
-                records = self._records(handle)
+                records = self._open_records(raw)
                 next(records, None)  # the header
                 for line, record in records:
                     if len(record) != width:
@@ -275,7 +320,9 @@ class CsvSource(InputSource):
                         start += len(rows)
                         rows, lines = [], []
             except UnicodeDecodeError as exc:
-                raise _decode_error(self.path, self.encoding, exc, self.name) from exc
+                raise self._decode_error(exc) from exc
+            except READ_ERRORS as exc:
+                raise self._read_error(exc, line) from exc
             if rows:
                 yield Batch(_string_batch(names, rows), start, lines)
 
@@ -285,22 +332,21 @@ def _string_batch(names: list[str], rows: list[list[str]]) -> pa.RecordBatch:
     return pa.record_batch([pa.array(col, type=pa.string()) for col in columns], names=names)
 
 
-class JsonlSource(InputSource):
+class JsonlSource(TextSource):
     """One JSON object per line; other values than strings are kept as JSON text."""
 
-    def __init__(self, path: str, *, encoding: str = "utf-8", **kwargs: Any) -> None:
+    def __init__(self, path: str, **kwargs: Any) -> None:
         super().__init__(path, **kwargs)
-        self.encoding = encoding
         self._complete = False
 
     def _rows(self) -> Iterator[Batch]:
         keys: dict[str, None] = dict.fromkeys(self.columns)
         records: list[dict[str, Any]] = []
         lines: list[int] = []
-        start = 0
-        with _open_text(self.path, self.encoding, self.name) as handle:
+        start = number = 0
+        with self._open_pass() as raw:
             try:
-                for number, text in enumerate(handle, 1):
+                for number, text in enumerate(self._text(raw), 1):
                     if not text.strip():
                         continue
                     try:
@@ -325,7 +371,9 @@ class JsonlSource(InputSource):
                         start += len(records)
                         records, lines = [], []
             except UnicodeDecodeError as exc:
-                raise _decode_error(self.path, self.encoding, exc, self.name) from exc
+                raise self._decode_error(exc) from exc
+            except READ_ERRORS as exc:
+                raise self._read_error(exc, number) from exc
         if records:
             yield Batch(self._batch(list(keys), records, lines), start, lines)
         self.columns = list(keys)
@@ -442,17 +490,19 @@ class TableSource(InputSource):
 
 
 def detect_format(path: str, name: str | None = None) -> str:
-    """The input format of ``path`` from its extension.
+    """The input format of ``path`` from its extension (before ``.gz``, ``.zst``, ``.bz2``).
 
     Raises:
         InputError: the extension is not one aibatch reads.
     """
-    fmt = _EXTENSIONS.get(Path(path).suffix.lower())
+    suffix = format_suffix(path)
+    fmt = _EXTENSIONS.get(suffix)
     if fmt is None:
         raise InputError(
             name or path,
-            f"unknown file type {Path(path).suffix or '(no extension)'!r}; use .csv, .tsv,"
-            " .jsonl, .ndjson or .parquet, or pass --input-format",
+            f"unknown file type {suffix or '(no extension)'!r}; use .csv, .tsv, .jsonl,"
+            " .ndjson or .parquet (text ones may end in .gz, .zst or .bz2), or pass"
+            " --input-format",
         )
     return fmt
 
@@ -481,7 +531,8 @@ def open_input(
     """Open ``path`` as a source of batches (``name`` is how messages call it).
 
     Args:
-        path: the file.
+        path: the file; text formats may be gzip, zstd or bz2 compressed (told by the
+            first bytes).
         input_format: ``csv``, ``tsv``, ``jsonl`` or ``parquet`` [default: the suffix].
         encoding: of text formats.
         delimiter: CSV/TSV field separator, one character (``tab`` or backslash-t for a tab)
@@ -518,6 +569,8 @@ def open_input(
         option = "--delimiter" if delimiter is not None else "--quoting"
         raise InputError(label, f"{option} is for CSV and TSV input, not {fmt}")
     if fmt == "parquet":
+        if Path(path).suffix.lower() in COMPRESSION_SUFFIXES:
+            raise InputError(label, "a compressed Parquet file: decompress it first")
         return ParquetSource(path, **common)
     if fmt == "jsonl":
         return JsonlSource(path, encoding=encoding, **common)
@@ -531,7 +584,10 @@ def open_input(
 
 
 def spool_stdin(directory: Path) -> Path:
-    """Copy standard input to a file in ``directory`` so it can be read several times."""
+    """Copy standard input to a file in ``directory`` so it can be read several times.
+
+    Compressed input is told by its first bytes, as for any file.
+    """
     target = directory / "stdin.csv"
     with open(target, "wb") as out:
         shutil.copyfileobj(sys.stdin.buffer, out)

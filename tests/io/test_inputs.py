@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import io
 import json
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -10,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from aibatch.errors import InputError, UsageError
-from aibatch.io.inputs import Batch, InputSource, detect_format, open_input
+from aibatch.io.inputs import Batch, InputSource, detect_format, open_input, spool_stdin
 
 ONE_MB = 1024 * 1024
 
@@ -49,6 +53,26 @@ def input_error(path: str, **kwargs: object) -> InputError:
 
 def csv_of(n: int) -> str:
     return "id,prompt\n" + "".join(f"{i},question {i}\n" for i in range(n))
+
+
+def compress(data: str | bytes, kind: str) -> bytes:
+    """``data`` compressed with gzip, bz2 or zstd."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    if kind == "gzip":
+        return gzip.compress(data)
+    if kind == "bz2":
+        return bz2.compress(data)
+    sink = pa.BufferOutputStream()
+    with pa.CompressedOutputStream(sink, kind) as out:
+        out.write(data)
+    return sink.getvalue().to_pybytes()
+
+
+def rss_bytes() -> int:
+    """This process's resident memory now (Linux)."""
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) * 1024
 
 
 # batches: bounds, starts and lines
@@ -227,6 +251,81 @@ def test_a_parquet_source_gives_the_same_rows_every_time_it_is_read(tmp_path):
     source = open_input(write_parquet(tmp_path / "in.parquet", table), batch_rows=3)
 
     assert read_rows(source) == read_rows(source) == table.to_pylist()
+
+
+# compressed input
+
+JSONL_7 = "".join(json.dumps({"id": i, "prompt": f"q{i}"}) + "\n" for i in range(7))
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "content"),
+    [
+        ("prompts.csv.gz", "gzip", csv_of(7)),
+        ("x.jsonl.zst", "zstd", JSONL_7),
+        ("x.tsv.bz2", "bz2", csv_of(7).replace(",", "\t")),
+    ],
+)
+def test_a_compressed_file_reads_as_its_inner_format_with_true_lines(tmp_path, name, kind, content):
+    plain = open_input(write(tmp_path / name.rsplit(".", 1)[0], content), batch_rows=3)
+    source = open_input(write(tmp_path / name, compress(content, kind)), batch_rows=3)
+
+    assert read_rows(source) == read_rows(plain)
+    assert read_lines(source) == read_lines(plain)
+
+
+@pytest.mark.parametrize("kind", ["gzip", "zstd", "bz2"])
+def test_a_csv_that_is_really_compressed_is_told_by_its_first_bytes(tmp_path, kind):
+    source = open_input(write(tmp_path / "in.csv", compress(csv_of(3), kind)))
+
+    assert [row["prompt"] for row in read_rows(source)] == [
+        "question 0",
+        "question 1",
+        "question 2",
+    ]
+
+
+def test_a_bad_row_in_a_compressed_file_is_named_by_its_line(tmp_path):
+    path = write(tmp_path / "in.csv.gz", compress(csv_of(5) + "oops,too,many\n", "gzip"))
+
+    assert input_error(path, batch_rows=2).line == 7
+
+
+@pytest.mark.parametrize("kind", ["gzip", "zstd", "bz2"])
+def test_a_compressed_file_cut_short_is_an_input_error_saying_so(tmp_path, kind):
+    data = compress(csv_of(20_000), kind)
+    path = write(tmp_path / "in.csv", data[: len(data) // 2])
+
+    with pytest.raises(InputError, match=f"the {kind} data is damaged or cut short"):
+        read_rows(open_input(path))
+
+
+def test_compressed_standard_input_reads_once_spooled(tmp_path, monkeypatch):
+    stdin = io.TextIOWrapper(io.BytesIO(compress(csv_of(2), "gzip")))
+    monkeypatch.setattr(sys, "stdin", stdin)
+
+    path = spool_stdin(tmp_path)
+
+    source = open_input(str(path), input_format="csv", name="<stdin>")
+    assert [row["id"] for row in read_rows(source)] == ["0", "1"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmRSS")
+def test_a_large_zstd_file_is_read_in_constant_memory(tmp_path):
+    size, row = 160 * ONE_MB, "x" * (10_000 - 1) + "\n"
+    path = tmp_path / "big.csv.zst"
+    with pa.CompressedOutputStream(str(path), "zstd") as out:
+        out.write(b"prompt\n")
+        for _ in range(size // ONE_MB):
+            out.write((row * (ONE_MB // len(row))).encode())
+    source = open_input(str(path), batch_rows=100)
+    before = peak = rss_bytes()
+
+    for _ in source.batches():
+        peak = max(peak, rss_bytes())
+
+    # A read of the whole stream would hold it twice (bytes, then text): 320 MB.
+    assert peak - before < 96 * ONE_MB
 
 
 # limit
@@ -647,6 +746,9 @@ def test_nul_and_newlines_in_a_parquet_field_round_trip(tmp_path):
         ("a.parquet", "parquet"),
         ("a.pq", "parquet"),
         ("dir.d/a.b.csv", "csv"),
+        ("prompts.csv.gz", "csv"),
+        ("x.jsonl.zst", "jsonl"),
+        ("x.TSV.BZ2", "tsv"),
     ],
 )
 def test_detect_format_reads_the_extension(name, fmt):
