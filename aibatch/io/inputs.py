@@ -3,7 +3,8 @@
 A source is re-iterable: the engine reads it once to check and key every row before
 anything is sent, again to send, and a last time to write the output, each time in
 batches of at most ``batch_rows`` rows, so memory stays flat however long the file is.
-Text files may be gzip, zstd or bz2 compressed. Every problem is an :class:`InputError`
+Text files may be gzip, zstd or bz2 compressed, and UTF-16 or UTF-32 with a byte-order
+mark. Every problem is an :class:`InputError`
 naming the file, the line and the column.
 """
 
@@ -30,7 +31,15 @@ import pyarrow.parquet as pq
 from ..errors import InputError, shown
 from ..files import DIR_MODE, atomic_write
 from ..jobs.spec import INPUT_FORMATS
-from .raw import COMPRESSION_SUFFIXES, READ_ERRORS, RawPass, format_suffix
+from .raw import (
+    COMPRESSION_SUFFIXES,
+    READ_ERRORS,
+    RawPass,
+    bom_encoding,
+    format_suffix,
+    is_utf8,
+    undecodable_hint,
+)
 
 __all__ = [
     "Batch",
@@ -56,6 +65,7 @@ _EXTENSIONS = {
 QUOTINGS = ("csv", "none")
 _DELIMITER_NAMES = {"\\t": "\t", "tab": "\t"}
 _CSV_FIELD_LIMIT = 2**31 - 1
+_HEAD = 4096  # bytes read on opening: a byte-order mark, what undecodable bytes may be
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,8 +165,12 @@ class InputSource:
 class TextSource(InputSource):
     """A text file in ``encoding``, perhaps gzip, zstd or bz2 compressed.
 
+    With the default UTF-8, a UTF-16 or UTF-32 byte-order mark says the encoding instead.
+
     Attributes:
         compression: ``gzip``, ``zstd``, ``bz2`` or ``None``, from the file's first bytes.
+        head: the first decompressed bytes.
+        codec: the encoding text is decoded with.
     """
 
     def __init__(self, path: str, *, encoding: str = "utf-8", **kwargs: Any) -> None:
@@ -169,13 +183,15 @@ class TextSource(InputSource):
         with self._open_pass() as raw:
             self.compression = raw.compression
             try:
-                empty = not raw.stream.read(1)
+                self.head = raw.stream.read(_HEAD)
             except READ_ERRORS as exc:
                 raise self._read_error(exc, 0) from exc
-        if empty:
+        if not self.head:
             raise InputError(self.name, f"is empty once {self.compression} decompressed")
+        bom = bom_encoding(self.head) if is_utf8(encoding) else None
         # utf-8-sig: a UTF-8 byte-order mark is not part of the first column's name.
-        self.codec = "utf-8-sig" if _is_utf8(encoding) else encoding
+        self.codec = bom or ("utf-8-sig" if is_utf8(encoding) else encoding)
+        self._label = bom.upper() if bom else encoding
 
     @contextlib.contextmanager
     def _open_pass(self) -> Iterator[RawPass]:
@@ -200,9 +216,12 @@ class TextSource(InputSource):
         return InputError(self.name, reason)
 
     def _decode_error(self, exc: UnicodeDecodeError) -> InputError:
-        """Find the line and byte column of the first undecodable byte."""
+        """The line and byte of the first undecodable byte, and what the file may be."""
         codec = "utf-8" if self.codec == "utf-8-sig" else self.codec
-        fix = "pass --encoding (e.g. --encoding latin-1)"
+        fix = undecodable_hint(self.head) or "pass --encoding (e.g. --encoding latin-1)"
+        if codecs.lookup(codec).name.startswith(("utf-16", "utf-32")):
+            # Lines of two- and four-byte text cannot be found by splitting bytes on \n.
+            return InputError(self.name, f"not valid {self._label}: {exc.reason}; {fix}")
         with self._open_pass() as raw:
             for number, line in enumerate(raw.stream, 1):
                 try:
@@ -210,15 +229,11 @@ class TextSource(InputSource):
                 except UnicodeDecodeError as bad:
                     return InputError(
                         self.name,
-                        f"bytes that are not valid {self.encoding} at byte {bad.start + 1} of"
+                        f"bytes that are not valid {self._label} at byte {bad.start + 1} of"
                         f" the line; {fix}",
                         line=number,
                     )
-        return InputError(self.name, f"not valid {self.encoding}: {exc.reason}; {fix}")
-
-
-def _is_utf8(encoding: str) -> bool:
-    return encoding.lower().replace("_", "-") in ("utf-8", "utf8")
+        return InputError(self.name, f"not valid {self._label}: {exc.reason}; {fix}")
 
 
 class CsvSource(TextSource):
@@ -282,6 +297,9 @@ class CsvSource(TextSource):
                 raise InputError(
                     self.name, "the header has a column with no name", line=line, column=position
                 )
+        hint = undecodable_hint(self.head) if any("\x00" in name for name in names) else None
+        if hint:  # UTF-16 that is all ASCII decodes as UTF-8 with a NUL after each letter
+            raise InputError(self.name, f"the header holds NUL characters: {hint}", line=line)
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise InputError(
@@ -353,9 +371,13 @@ class JsonlSource(TextSource):
                         record = json.loads(text)
                     except ValueError as exc:
                         column = getattr(exc, "colno", None)
-                        reason = getattr(exc, "msg", str(exc))
+                        reason = f"invalid JSON: {getattr(exc, 'msg', exc)}"
+                        hint = undecodable_hint(self.head) if "\x00" in text else None
                         raise InputError(
-                            self.name, f"invalid JSON: {reason}", line=number, column=column
+                            self.name,
+                            f"{reason}; {hint}" if hint else reason,
+                            line=number,
+                            column=column,
                         ) from exc
                     if not isinstance(record, dict):
                         raise InputError(
@@ -534,7 +556,7 @@ def open_input(
         path: the file; text formats may be gzip, zstd or bz2 compressed (told by the
             first bytes).
         input_format: ``csv``, ``tsv``, ``jsonl`` or ``parquet`` [default: the suffix].
-        encoding: of text formats.
+        encoding: of text formats; a UTF-16 or UTF-32 byte-order mark overrides UTF-8.
         delimiter: CSV/TSV field separator, one character (``tab`` or backslash-t for a tab)
             [default: ``,`` for CSV, a tab for TSV].
         quoting: ``csv``: quotes group a field, which may then hold the delimiter, quotes

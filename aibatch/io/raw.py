@@ -1,8 +1,9 @@
-"""An input file's bytes: compressed or not, told by their first bytes.
+"""An input file's bytes: compressed or not, and in what encoding, told by their first bytes.
 
 Each read of an input is one :class:`RawPass`: it opens the file and tells gzip, zstd
 and bz2 apart by their first bytes, so a ``.csv`` that is really gzip reads too, and
-so does compressed standard input.
+so does compressed standard input. The first decompressed bytes tell a UTF-16 or
+UTF-32 byte-order mark, and what bytes that fail to decode may really be.
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ from typing import IO
 
 import pyarrow as pa
 
-__all__ = ["COMPRESSION_SUFFIXES", "READ_ERRORS", "RawPass", "format_suffix"]
+__all__ = [
+    "COMPRESSION_SUFFIXES",
+    "READ_ERRORS",
+    "RawPass",
+    "bom_encoding",
+    "format_suffix",
+    "is_utf8",
+    "undecodable_hint",
+]
 
 COMPRESSION_SUFFIXES = {
     ".gz": "gzip",
@@ -30,6 +39,31 @@ COMPRESSION_SUFFIXES = {
 READ_ERRORS = (OSError, EOFError, zlib.error, pa.ArrowException)
 _BUFFER = 1 << 20
 _BZ2_BLOCKS = (b"1AY&SY", b"\x17rE8P\x90")  # a first block, or the end of an empty stream
+# What aibatch does not decompress, named when such bytes fail to decode.
+_FOREIGN = (
+    (b"\xfd7zXZ\x00", "xz-compressed"),
+    (b"\x04\x22\x4d\x18", "lz4-compressed"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (b"PK\x03\x04", "a zip archive (an Excel workbook?)"),
+)
+_BOMS = (  # UTF-32 first: its little-endian mark starts with UTF-16's
+    (b"\xff\xfe\x00\x00", "utf-32"),
+    (b"\x00\x00\xfe\xff", "utf-32"),
+    (b"\xff\xfe", "utf-16"),
+    (b"\xfe\xff", "utf-16"),
+)
+# Where text that is mostly ASCII has its NUL bytes, by position modulo 4.
+_NUL_SHAPES = {
+    "utf-16-le": (False, True, False, True),
+    "utf-16-be": (True, False, True, False),
+    "utf-32-le": (False, True, True, True),
+    "utf-32-be": (True, True, True, False),
+}
+
+
+def is_utf8(encoding: str) -> bool:
+    """Whether ``encoding`` names UTF-8, the default (which a byte-order mark overrides)."""
+    return encoding.lower().replace("_", "-") in ("utf-8", "utf8")
 
 
 def format_suffix(path: str) -> str:
@@ -48,6 +82,37 @@ def compression_of(head: bytes) -> str | None:
         return "zstd"
     if head[:3] == b"BZh" and head[3:4].isdigit() and head[4:10] in _BZ2_BLOCKS:
         return "bz2"
+    return None
+
+
+def bom_encoding(head: bytes) -> str | None:
+    """``utf-16`` or ``utf-32`` when the text starts with that byte-order mark."""
+    for mark, codec in _BOMS:
+        if head.startswith(mark):
+            return codec
+    return None
+
+
+def undecodable_hint(head: bytes) -> str | None:
+    """What bytes that are not text in the encoding may be instead, from the text's start.
+
+    Compressed data, an archive, or UTF-16/UTF-32 without a byte-order mark (NUL bytes
+    every other byte): then trying another one-byte encoding would not help.
+    """
+    inner = compression_of(head)
+    if inner:
+        return f"it is {inner}-compressed twice: decompress it once first"
+    for magic, kind in _FOREIGN:
+        if head.startswith(magic):
+            return f"it looks {kind}: decompress or export it to text first"
+    sample = head[: len(head) // 4 * 4]
+    if len(sample) < 8:
+        return None
+    nuls = [sample[i::4].count(0) * 4 / len(sample) for i in range(4)]
+    for codec, shape in _NUL_SHAPES.items():
+        if all(share > 0.5 if nul else share < 0.1 for share, nul in zip(nuls, shape, strict=True)):
+            kind = codec[:6].upper()
+            return f"it looks like {kind} without a byte-order mark: pass --encoding {codec}"
     return None
 
 

@@ -384,6 +384,66 @@ def test_a_utf8_byte_order_mark_does_not_break_the_first_json_line(tmp_path):
     assert read_rows(source) == [{"prompt": "hello"}]
 
 
+@pytest.mark.parametrize(
+    ("codec", "bom"),
+    [
+        ("utf-16-le", b"\xff\xfe"),
+        ("utf-16-be", b"\xfe\xff"),
+        ("utf-32-le", b"\xff\xfe\x00\x00"),
+        ("utf-32-be", b"\x00\x00\xfe\xff"),
+    ],
+)
+def test_a_utf16_or_utf32_file_with_a_byte_order_mark_reads_as_such(tmp_path, codec, bom):
+    text = 'prompt,id\n"café\nau lait",1\n😀,2\n'
+    source = open_input(write(tmp_path / "in.csv", bom + text.encode(codec)))
+
+    assert read_rows(source) == [
+        {"prompt": "café\nau lait", "id": "1"},
+        {"prompt": "😀", "id": "2"},
+    ]
+    assert read_lines(source) == [2, 4]
+
+
+def test_a_compressed_utf16_jsonl_file_reads(tmp_path):
+    data = compress('{"prompt": "naïve"}\n'.encode("utf-16"), "gzip")
+
+    assert read_rows(open_input(write(tmp_path / "in.jsonl.gz", data))) == [{"prompt": "naïve"}]
+
+
+def test_utf16_without_a_byte_order_mark_is_named_instead_of_suggesting_latin1(tmp_path):
+    path = write(tmp_path / "in.csv", "prompt\ncafé\n".encode("utf-16-le"))
+
+    reason = input_error(path).reason
+
+    assert "UTF-16 without a byte-order mark: pass --encoding utf-16-le" in reason
+    assert "latin-1" not in reason
+
+
+def test_an_ascii_utf16_header_without_a_byte_order_mark_is_named_not_taken_as_names(tmp_path):
+    path = write(tmp_path / "in.csv", "prompt,id\nhello,1\n".encode("utf-16-be"))
+
+    with pytest.raises(InputError, match="pass --encoding utf-16-be") as caught:
+        open_input(path)
+
+    assert caught.value.line == 1
+
+
+@pytest.mark.parametrize(
+    ("data", "said"),
+    [
+        (b"\xfd7zXZ\x00\x00\x04\xe6\xd6\xb4F\x02\x00!\x01", "xz-compressed"),
+        (b"PK\x03\x04\x14\x00\x06\x00\x08\x00\x00\x00!\x00\xb8\xe4", "zip archive"),
+        (compress(compress(csv_of(3), "gzip"), "gzip"), "gzip-compressed twice"),
+    ],
+    ids=["xz", "xlsx", "gzip-twice"],
+)
+def test_undecodable_bytes_that_look_compressed_say_so(tmp_path, data, said):
+    reason = input_error(write(tmp_path / "in.csv", data)).reason
+
+    assert said in reason
+    assert "latin-1" not in reason
+
+
 # errors: the file itself
 
 
