@@ -240,7 +240,9 @@ class CsvSource(TextSource):
     """A CSV or TSV file with a header row.
 
     With ``quoting=False`` (TSV's default) a quote is text like any other character and
-    each line is a row: a field cannot hold the delimiter or a line break.
+    each line is a row: a field cannot hold the delimiter or a line break. Columns with
+    no name at the end of the header (Excel writes ``prompt,id,,,``) are dropped, as
+    long as every row leaves them empty.
     """
 
     def __init__(
@@ -254,7 +256,7 @@ class CsvSource(TextSource):
         super().__init__(path, **kwargs)
         self.delimiter = delimiter
         self.quoting = quoting
-        self.columns = self._read_header()
+        self.columns, self._width = self._read_header()
 
     def _records(self, handle: IO[str]) -> Iterator[tuple[int, list[str]]]:
         """``(line, fields)`` of each record that is not a blank line, the header first."""
@@ -280,7 +282,8 @@ class CsvSource(TextSource):
         # field cannot be quoted to hold it.
         return self._records(self._text(raw, "" if self.quoting else "\n"))
 
-    def _read_header(self) -> list[str]:
+    def _read_header(self) -> tuple[list[str], int]:
+        """The column names, and how many fields the header has, trailing nameless ones too."""
         csv.field_size_limit(_CSV_FIELD_LIMIT)
         with self._open_pass() as raw:
             try:
@@ -292,6 +295,9 @@ class CsvSource(TextSource):
         if header is None:
             raise InputError(self.name, "is empty (no header row)")
         names = [name.strip() for name in header]
+        width = len(names)
+        while len(names) > 1 and not names[-1]:
+            names.pop()  # Excel ends rows with empty columns: prompt,id,,,
         for position, name in enumerate(names, 1):
             if not name:
                 raise InputError(
@@ -307,14 +313,34 @@ class CsvSource(TextSource):
                 f"the header names a column twice: {', '.join(map(shown, duplicates))}",
                 line=line,
             )
-        return names
+        return names, width
 
     def _no_rows_reason(self) -> str:
         return "has a header but no rows"
 
+    def _trim(self, record: list[str], line: int) -> list[str]:
+        """A row of the named columns: its fields under trailing nameless ones must be empty."""
+        named, width = len(self.columns), self._width
+        if not named < len(record) <= width:
+            expected = str(width) if width == named else f"{named} to {width}"
+            raise InputError(
+                self.name,
+                f"expected {expected} fields as in the header, found {len(record)}",
+                line=line,
+            )
+        for position, value in enumerate(record[named:], named + 1):
+            if value.strip():
+                raise InputError(
+                    self.name,
+                    "a value under a column with no name in the header",
+                    line=line,
+                    column=position,
+                )
+        return record[:named]
+
     def _rows(self) -> Iterator[Batch]:
         csv.field_size_limit(_CSV_FIELD_LIMIT)
-        width = len(self.columns)
+        named = len(self.columns)
         names = self.columns
         with self._open_pass() as raw:
             rows: list[list[str]] = []
@@ -325,13 +351,7 @@ class CsvSource(TextSource):
                 records = self._open_records(raw)
                 next(records, None)  # the header
                 for line, record in records:
-                    if len(record) != width:
-                        raise InputError(
-                            self.name,
-                            f"expected {width} fields as in the header, found {len(record)}",
-                            line=line,
-                        )
-                    rows.append(record)
+                    rows.append(record if len(record) == named else self._trim(record, line))
                     lines.append(line)
                     if len(rows) == self.batch_rows:
                         yield Batch(_string_batch(names, rows), start, lines)

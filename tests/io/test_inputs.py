@@ -545,6 +545,22 @@ def test_a_header_column_without_a_name_is_an_input_error_at_its_position(tmp_pa
     assert (caught.value.line, caught.value.column) == (1, 2)
 
 
+def test_empty_nameless_columns_at_the_end_of_the_header_are_dropped(tmp_path):
+    source = open_input(write(tmp_path / "in.csv", "prompt,id,,,\r\na,1,,,\r\nb,2,, ,\r\n"))
+
+    assert source.columns == ["prompt", "id"]
+    assert read_rows(source) == [{"prompt": "a", "id": "1"}, {"prompt": "b", "id": "2"}]
+
+
+def test_a_value_under_a_nameless_column_is_an_input_error_at_its_line_and_column(tmp_path):
+    path = write(tmp_path / "in.csv", "prompt,id,,\na,1,,\nb,2,,stray\n")
+
+    error = input_error(path)
+
+    assert (error.line, error.column) == (3, 4)
+    assert "no name" in error.reason
+
+
 def test_a_blank_first_line_is_not_taken_for_a_header_without_columns(tmp_path):
     path = write(tmp_path / "in.csv", "\nprompt\nhello\n")
 
