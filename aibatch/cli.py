@@ -1,9 +1,18 @@
 """The command line: options -> JobSpec -> one library call -> console.
 
-Exit codes (here and nowhere else): 0 every row ok or skipped; 1 some rows failed
-beyond ``--max-failures`` (the output is still complete); 2 the job could not run as
-asked (usage, input, output, checkpoint or credentials; nothing was sent for a usage
-error); 130 interrupted.
+Exit codes (here and nowhere else; ``aibatch run --help`` ends with them)::
+
+      0  every row ok or skipped, or the failures within --max-failures
+      1  some rows failed; the output is still complete, with their errors
+      2  could not run: bad option or input, output, checkpoint, API key
+     70  internal error (a bug): one line, and the traceback saved in a file
+    130  interrupted: run the same command again to resume
+
+Nothing is sent when a bad option or input stops a job (exit 2).
+
+An option of ``run`` named after a :class:`JobSpec` field sets that field; its default
+is the field's. Start-up imports neither pandas, pyarrow nor aiohttp: the commands
+import the runner when they run, so ``aibatch --help`` answers at once.
 """
 
 from __future__ import annotations
@@ -13,46 +22,86 @@ import logging
 import os
 import signal
 import sys
+import tempfile
+import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-import anyio
 import click
 from click.core import ParameterSource
 
 from ._version import __version__
-from .console import ProgressReporter, provider_text, summary_text
+from .console import ProgressReporter, dry_run_text, error_line, provider_text, summary_text
 from .errors import AibatchError
 from .files import atomic_write
-from .jobs.spec import (
-    ENGINES,
-    INPUT_FORMATS,
-    JobSpec,
-    RetryPolicy,
-    load_job,
-    parse_max_failures,
+from .jobs.spec import ENGINES, INPUT_FORMATS, JobSpec, RetryPolicy, load_job, parse_max_failures
+from .providers.faults import PROTOCOLS, Faults
+
+EXIT_OK, EXIT_FAILED_ROWS, EXIT_USAGE, EXIT_SOFTWARE, EXIT_INTERRUPTED = 0, 1, 2, 70, 130
+EXIT_CODES = (
+    (EXIT_OK, "every row ok or skipped, or the failures within --max-failures"),
+    (EXIT_FAILED_ROWS, "some rows failed; the output is still complete, with their errors"),
+    (EXIT_USAGE, "could not run: bad option or input, output, checkpoint, API key"),
+    (EXIT_SOFTWARE, "internal error (a bug): one line, and the traceback saved in a file"),
+    (EXIT_INTERRUPTED, "interrupted: run the same command again to resume"),
 )
-from .providers import Emulator, Faults, get_provider, provider_names
-from .providers.emulator import PROTOCOLS
-from .runner.api import preview, run_job
-
-EXIT_OK, EXIT_FAILED_ROWS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 AUTO_CEILING = 512  # -c auto: adapt up to this many requests in flight
-
-# Options that map one to one onto JobSpec fields of the same name.
-_FIELDS = (
-    "output", "input_format", "encoding", "prompt_column", "template", "system",
-    "messages_column", "id_column", "provider", "model", "base_url", "proxy", "rps",
-    "timeout", "limit", "emulate", "dedupe", "retry_failed", "restart", "temperature",
-    "top_p", "max_tokens", "seed", "stream", "api_key_env", "engine", "scheduler", "workers",
-    "partition_rows", "single_file",
-)  # fmt: skip
+_VERBOSE = "aibatch.verbose"  # the -v count so far, in the shared ctx.meta
+_FIELDS = {f.name: f for f in dataclasses.fields(JobSpec)}
+_EPILOG = "\b\nExit codes:\n" + "\n".join(f"{code:>5}  {text}" for code, text in EXIT_CODES)
 
 
-def _fail(message: str, code: int = EXIT_USAGE) -> None:
+def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     click.echo(f"aibatch: error: {message}", err=True)
     sys.exit(code)
+
+
+def _crash(exc: Exception, verbose: int) -> NoReturn:
+    """A bug: one line on stderr, the traceback in a file only the user can read."""
+    text = "".join(traceback.format_exception(exc))
+    try:  # mkstemp: a fresh name no one could have planted a link at, mode 0600
+        fd, where = tempfile.mkstemp(prefix="aibatch-crash-", suffix=".txt")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(f"aibatch {__version__}, Python {sys.version.split()[0]}\n{text}")
+        saved = f"the traceback is in {where}"
+    except OSError as error:
+        saved, verbose = f"the traceback could not be saved ({error.strerror})", 2
+    if verbose >= 2:
+        click.echo(text, err=True, nl=False)
+    click.echo(f"aibatch: internal error: {error_line(exc)}; {saved} (-vv prints it)", err=True)
+    sys.exit(EXIT_SOFTWARE)
+
+
+class _Main(click.Group):
+    """The group: an error aibatch raises on purpose exits 2, anything else is a bug."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit):
+            raise
+        except AibatchError as exc:
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            _fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED)
+        except Exception as exc:  # a bug: say so in one line, keep the traceback
+            _crash(exc, ctx.meta.get(_VERBOSE, 0))
+
+
+def _verbosity(ctx: click.Context, _: click.Parameter, count: int) -> None:
+    """Add this ``-v`` count (before or after the command) and set the log level."""
+    verbose = ctx.meta[_VERBOSE] = ctx.meta.get(_VERBOSE, 0) + count
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)
+    logging.getLogger("distributed").setLevel(level)  # Dask logs at INFO on its own
+
+
+_verbose_option = click.option(
+    "-v", "--verbose", count=True, expose_value=False, callback=_verbosity,
+    help="More log output (-vv: debug, and a crash's traceback).",
+)  # fmt: skip
 
 
 def _options(*decorators: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -64,89 +113,105 @@ def _options(*decorators: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return apply
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _job(*decls: str, **attrs: Any) -> Callable[[Any], Any]:
+    """A ``run`` option setting the JobSpec field of its name, with the field's default."""
+    name = max(decls, key=len).split("/")[0].lstrip("-").replace("-", "_")
+    default = _FIELDS[name].default
+    if default not in (None, False):
+        attrs.setdefault("default", default)
+        attrs.setdefault("show_default", True)
+    return click.option(*decls, **attrs)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="aibatch")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-def main(verbose: int) -> None:
+@_verbose_option
+def main() -> None:
     """Run a file of prompts through a chat provider; get every answer back in Parquet."""
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("distributed").setLevel(level)  # Dask logs at INFO on its own
+
+
+def _limit(_: click.Context, __: click.Parameter, value: int | None) -> int | None:
+    if value is not None and value < 1:
+        raise click.BadParameter(
+            f"{value} is below 1 (0 rows would rewrite the output with none); to check the"
+            " input and send nothing, use --dry-run"
+        )
+    return value
 
 
 _POSITIVE = click.FloatRange(min=0, min_open=True)
 
 _run_options = _options(
     click.argument("input", required=False),
-    click.option("-o", "--output", help="Parquet output [default: INPUT_STEM.responses.parquet]."),
-    click.option("--input-format", type=click.Choice(INPUT_FORMATS), help="Override the suffix."),
-    click.option("--encoding", default="utf-8", show_default=True, help="Encoding of text input."),
-    click.option("--prompt-column", default="prompt", show_default=True, help="Prompt column."),
-    click.option("--template", help='Build the prompt from columns: "Summarise: {text}".'),
-    click.option("--system", help="System message sent before every prompt."),
-    click.option("--messages-column", help="Column with a JSON list of {role, content}."),
-    click.option("--id-column", help="Unique row id column [default: the row number]."),
-    click.option("--provider", default="aichatonline", show_default=True, help="See: providers."),
-    click.option("--model", help="Model name [default: the provider's]."),
-    click.option("--base-url", help="Provider API base URL."),
-    click.option("--proxy", help="Proxy URL for every request."),
-    click.option("--api-key-env", help="Variable holding the API key [default: OPENAI_API_KEY]."),
-    click.option("-c", "--concurrency", default="16", show_default=True,
-                 help="Requests in flight at once, or auto (adapt to 429s)."),
-    click.option("--adaptive", is_flag=True, help="Adapt to 429s, with -c as the ceiling."),
-    click.option("--rps", type=_POSITIVE, help="Request starts per second."),
-    click.option("--temperature", type=click.FloatRange(0, 2), help="Sampling temperature."),
-    click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Nucleus sampling."),
-    click.option("--max-tokens", type=click.IntRange(1), help="Longest answer, in tokens."),
-    click.option("--seed", type=int, help="Sampling seed."),
-    click.option("--stop", multiple=True, help="Stop sequence (repeatable, up to 4)."),
-    click.option("--stream/--no-stream", default=True, show_default=True,
-                 help="Stream answers (--no-stream: one JSON answer)."),
-    click.option("--max-attempts", type=click.IntRange(1, 100), default=5, show_default=True,
-                 help="Tries per row, the first included."),
-    click.option("--timeout", type=_POSITIVE, default=120.0, show_default=True,
-                 help="Seconds one attempt may take."),
-    click.option("--limit", type=click.IntRange(min=0), help="Only the first N rows."),
-    click.option("--emulate", is_flag=True, help="Answer from a built-in local emulator."),
-    click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True),
-    click.option("--scheduler", help="Dask scheduler address (--engine dask)."),
-    click.option("--workers", type=click.IntRange(1), help="Local Dask worker processes."),
-    click.option("--partition-rows", type=click.IntRange(1), default=100_000, show_default=True),
-    click.option("--single-file", is_flag=True, help="Dask: one Parquet file, not a folder."),
+    _job("-o", "--output", help="Parquet output [default: INPUT_STEM.responses.parquet]."),
+    _job("--input-format", type=click.Choice(INPUT_FORMATS), help="Override the suffix."),
+    _job("--encoding", help="Encoding of text input."),
+    _job("--prompt-column", help="Column holding the prompt."),
+    _job("--template", help='Build the prompt from columns: "Summarise: {text}".'),
+    _job("--system", help="System message sent before every prompt."),
+    _job("--messages-column", help="Column with a JSON list of {role, content}."),
+    _job("--id-column", help="Unique row id column [default: the row number]."),
+    _job("--provider", help="Provider name; `aibatch providers` lists them."),
+    _job("--model", help="Model name [default: the provider's]."),
+    _job("--base-url", help="Provider API base URL."),
+    _job("--proxy", help="Proxy URL for every request."),
+    _job("--api-key-env", help="Variable holding the API key [default: OPENAI_API_KEY]."),
+    _job("-c", "--concurrency", type=str,
+         help="Requests in flight at once, or auto (adapt to 429s)."),
+    _job("--adaptive", is_flag=True, help="Adapt to 429s, with -c as the ceiling."),
+    _job("--rps", type=_POSITIVE, help="Request starts per second."),
+    _job("--temperature", type=click.FloatRange(0, 2), help="Sampling temperature."),
+    _job("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Nucleus sampling."),
+    _job("--max-tokens", type=click.IntRange(1), help="Longest answer, in tokens."),
+    _job("--seed", type=int, help="Sampling seed."),
+    _job("--stop", multiple=True, help="Stop sequence (repeatable, up to 4)."),
+    _job("--stream/--no-stream", help="Stream answers (--no-stream: one JSON answer)."),
+    click.option("--max-attempts", type=click.IntRange(1, 100), default=RetryPolicy().attempts,
+                 show_default=True, help="Tries per row, the first included."),
+    _job("--timeout", type=_POSITIVE, help="Seconds one attempt may take."),
+    _job("--limit", type=int, callback=_limit, help="Only the first N rows (N >= 1)."),
+    _job("--emulate", is_flag=True, help="Answer from a built-in local emulator."),
+    _job("--engine", type=click.Choice(ENGINES), help="Run here, or on a Dask cluster."),
+    _job("--scheduler", help="Dask scheduler address (--engine dask)."),
+    _job("--workers", type=click.IntRange(1), help="Local Dask worker processes."),
+    _job("--partition-rows", type=click.IntRange(1), help="Dask: rows per partition."),
+    _job("--single-file", is_flag=True, help="Dask: one Parquet file, not a folder."),
     click.option("--job", "job_file", type=click.Path(dir_okay=False),
                  help="TOML job file; command-line options override it."),
     click.option("--dry-run", is_flag=True, help="Check the input, show prompts, send nothing."),
-    click.option("--dedupe/--no-dedupe", default=True, show_default=True,
-                 help="Send identical requests once."),
-    click.option("--retry-failed/--no-retry-failed", default=True, show_default=True,
-                 help="On a re-run, send rows that failed before again."),
-    click.option("--restart", is_flag=True, help="Discard the checkpoint and start over."),
+    _job("--dedupe/--no-dedupe", help="Send identical requests once."),
+    _job("--retry-failed/--no-retry-failed",
+         help="On a re-run, send rows that failed before again."),
+    _job("--restart", is_flag=True, help="Discard the checkpoint and start over."),
     click.option("--max-failures", help="Failed rows (N or N%) that still exit 0."),
     click.option("--progress/--no-progress", default=None,
-                 help="Progress bar [default: when stderr is a terminal]."),
+                 help="Show progress (default): a bar on a terminal, else a line every"
+                      " 5 s; --progress forces the bar, --no-progress shows none."),
     click.option("-q", "--quiet", is_flag=True, help="No progress and no summary."),
+    _verbose_option,
     click.option("--summary-json", type=click.Path(dir_okay=False), help="Write the summary."),
 )  # fmt: skip
 
 
-@main.command()
+@main.command(epilog=_EPILOG)
 @_run_options
 @click.pass_context
-def run(ctx: click.Context, /, input: str | None, **opts: Any) -> None:
+def run(ctx: click.Context, /, **opts: Any) -> None:
     """Send every row of INPUT and write one output row per input row.
 
     INPUT is a .csv, .tsv, .jsonl/.ndjson or .parquet file, or - for CSV on stdin.
     Re-running the same command resumes: finished rows are kept in a checkpoint beside
     the output and are not sent again.
     """
-    try:
-        spec = _spec(ctx, input, opts)
-        if opts["dry_run"]:
-            _dry_run(spec)
-            return
-    except AibatchError as exc:
-        _fail(str(exc))
-    reporter = None if opts["quiet"] else ProgressReporter(bar=opts["progress"])
+    from .runner.job import preview  # pandas, pyarrow and aiohttp: only when running
+    from .runner.launch import run_job
+
+    spec = job_spec(ctx)
+    if opts["dry_run"]:
+        click.echo(dry_run_text(spec.input, *preview(spec)))
+        return
+    show = not opts["quiet"] and opts["progress"] is not False
+    reporter = ProgressReporter(bar=opts["progress"]) if show else None
 
     def on_signal(signum: int) -> None:
         name = signal.Signals(signum).name
@@ -154,16 +219,15 @@ def run(ctx: click.Context, /, input: str | None, **opts: Any) -> None:
 
     try:
         summary = run_job(spec, on_progress=reporter, on_signal=on_signal)
-    except AibatchError as exc:
-        _fail(str(exc))
-    except KeyboardInterrupt:
-        _fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED)
     finally:
         if reporter is not None:
             reporter.close()
     if opts["summary_json"]:
-        with atomic_write(Path(opts["summary_json"])) as handle:
-            handle.write((summary.to_json() + "\n").encode())
+        try:
+            with atomic_write(Path(opts["summary_json"])) as handle:
+                handle.write((summary.to_json() + "\n").encode())
+        except OSError as exc:
+            _fail(f"cannot write --summary-json {opts['summary_json']}: {exc.strerror or exc}")
     if not opts["quiet"]:
         click.echo(summary_text(summary), err=True)
     if summary.interrupted:
@@ -172,30 +236,30 @@ def run(ctx: click.Context, /, input: str | None, **opts: Any) -> None:
         sys.exit(EXIT_FAILED_ROWS)
 
 
-def _spec(ctx: click.Context, input: str | None, opts: dict[str, Any]) -> JobSpec:
-    """Job file values, overridden by the options given on the command line."""
+def job_spec(ctx: click.Context) -> JobSpec:
+    """The job that ``run``'s parsed options (``ctx``) describe.
+
+    The job file's values, overridden by each option given on the command line; an
+    option given nowhere keeps the JobSpec default.
+    """
+    opts = ctx.params
     values: dict[str, Any] = load_job(opts["job_file"]) if opts["job_file"] else {}
 
     def given(name: str) -> bool:
-        return ctx.get_parameter_source(name) is not ParameterSource.DEFAULT
+        return ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)
 
-    for name in _FIELDS:
-        if given(name) or name not in values:
+    for name in (param.name for param in ctx.command.params):
+        if name in _FIELDS and name not in ("input", "concurrency") and given(name):
             values[name] = opts[name]
-    if given("stop") or "stop" not in values:
-        values["stop"] = tuple(opts["stop"]) or None
-    if given("concurrency") or "concurrency" not in values:
+    if given("concurrency"):
         values.update(_concurrency(opts["concurrency"]))
-    if opts["adaptive"]:
-        values["adaptive"] = True
-    if input is not None:
-        values["input"] = input
+    if opts["input"] is not None:
+        values["input"] = opts["input"]
     if "input" not in values:
         raise click.UsageError("INPUT is missing (or give it in a --job file)")
-    retry: RetryPolicy = values.get("retry", RetryPolicy())
-    if given("max_attempts") or "retry" not in values:
-        retry = dataclasses.replace(retry, attempts=opts["max_attempts"])
-    values["retry"] = retry
+    if given("max_attempts"):
+        retry = values.get("retry", RetryPolicy())
+        values["retry"] = dataclasses.replace(retry, attempts=opts["max_attempts"])
     if opts["max_failures"] is not None:
         values.pop("max_failures", None)
         values.pop("max_failure_percent", None)
@@ -212,19 +276,11 @@ def _concurrency(value: str) -> dict[str, Any]:
         raise click.BadParameter(f"{value!r} is not a number or auto", param_hint="-c") from None
 
 
-def _dry_run(spec: JobSpec) -> None:
-    rows, skipped, shown = preview(spec)
-    click.echo(
-        f"{spec.input}: {rows} rows, {skipped} with an empty prompt (skipped);"
-        f" nothing sent. First prompts:"
-    )
-    for row, text in shown:
-        click.echo(f"--- row {row}\n{text}")
-
-
 @main.command()
 def providers() -> None:
     """List the installed providers, their models and options."""
+    from .providers import get_provider, provider_names
+
     for name in provider_names():
         try:
             click.echo(provider_text(name, get_provider(name)))
@@ -262,40 +318,28 @@ _fault_options = _options(*(
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", type=click.IntRange(0, 65535), default=0, help="Port [default: any].")
-@click.option("--protocol", type=click.Choice(PROTOCOLS), default="aichatonline", show_default=True)
+@click.option("--protocol", type=click.Choice(PROTOCOLS), default="aichatonline",
+              show_default=True, help="Wire protocol to serve.")  # fmt: skip
 @click.option("--api-key-env", help="Require the key in this variable (openai protocol).")
 @click.option("--latency", type=float, default=0.0, help="Seconds before the first chunk.")
 @click.option("--chunk-delay", type=float, default=0.0, help="Seconds between chunks.")
-@click.option("--chunks", type=click.IntRange(1), default=4, show_default=True)
+@click.option("--chunks", type=click.IntRange(1), default=4, show_default=True,
+              help="Chunks per answer.")  # fmt: skip
 @click.option("--record-prompts", is_flag=True, help="Count requests per prompt in /stats.")
 @_fault_options
-def emulate(
-    host: str,
-    port: int,
-    protocol: str,
-    api_key_env: str | None,
-    latency: float,
-    chunk_delay: float,
-    chunks: int,
-    record_prompts: bool,
-    **faults: Any,
-) -> None:
+@_verbose_option
+def emulate(api_key_env: str | None, **options: Any) -> None:
     """Serve a local emulator of the provider API until stopped (prints its base URL)."""
+    import anyio
+
+    from .providers.emulator import Emulator
+
     api_key = os.environ.get(api_key_env) if api_key_env else None
     if api_key_env and not api_key:
         _fail(f"the environment variable {api_key_env} (--api-key-env) is not set")
+    faults = {name: options.pop(name) for name in _FAULT_HELP}
     try:
-        emulator = Emulator(
-            host=host,
-            port=port,
-            latency=latency,
-            chunk_delay=chunk_delay,
-            chunks=chunks,
-            faults=Faults(**faults),
-            record_prompts=record_prompts,
-            protocol=protocol,
-            api_key=api_key,
-        )
+        emulator = Emulator(**options, faults=Faults(**faults), api_key=api_key)
     except ValueError as exc:
         _fail(str(exc))
 

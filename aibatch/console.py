@@ -1,23 +1,28 @@
 """What a person sees: progress, and the summary at the end.
 
-On a terminal the progress is a redrawn bar; otherwise (cron, pipelines) a log line
-every few seconds.
+On a terminal the progress is a redrawn bar, cut to the terminal's width so that a
+redraw never wraps; otherwise (cron, pipelines) a log line every few seconds.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
-from typing import TextIO
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, TextIO
 
 import click
 
-from .providers import AsyncGeneratorProvider
-from .runner.engine import Progress
-from .runner.summary import Summary
+from .errors import AibatchError
 
-__all__ = ["ProgressReporter", "provider_text", "summary_text"]
+if TYPE_CHECKING:
+    from .providers import AsyncGeneratorProvider
+    from .runner.engine import Progress
+    from .runner.summary import Summary
+
+__all__ = ["ProgressReporter", "dry_run_text", "error_line", "provider_text", "summary_text"]
 
 
 def _duration(seconds: float | None) -> str:
@@ -28,6 +33,20 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
+def terminal_columns(stream: TextIO) -> int:
+    """The width of the terminal ``stream`` writes to: ``$COLUMNS``, its size, else 80."""
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(stream.fileno()).columns
+        except (AttributeError, ValueError, OSError):  # not a terminal, or no file at all
+            columns = 0
+    return columns if columns > 0 else 80
+
+
 class ProgressReporter:
     """Turns progress updates into a redrawn bar (terminal) or periodic log lines.
 
@@ -35,6 +54,10 @@ class ProgressReporter:
         stream: where to write, standard error by default.
         bar: draw a bar; ``None`` decides by whether ``stream`` is a terminal.
         every: seconds between log lines when there is no bar.
+
+    A bar is cut to one column less than the terminal's width, read at each redraw (the
+    window may be resized): a line that wraps cannot be redrawn in place, and each
+    redraw would leave another line behind.
     """
 
     def __init__(
@@ -47,20 +70,24 @@ class ProgressReporter:
         self._finished = False
         self._drawn = False
 
-    def line(self, p: Progress) -> str:
-        """One status line for ``p``."""
-        done = p.done
-        total = p.to_send
-        head = f"{done}/{total} sent"
-        if self.bar:
-            width = 24
-            filled = width if total == 0 else int(width * done / total)
-            head = f"[{'#' * filled}{'.' * (width - filled)}] {head}"
-        parts = [head, f"ok {p.ok}", f"failed {p.failed}"]
+    def line(self, p: Progress, columns: int | None = None) -> str:
+        """One status line for ``p``; with ``columns``, at most ``columns - 1`` wide.
+
+        To fit, the bar narrows first (it is left out below 8 characters), then the text
+        is cut.
+        """
+        done, total = p.done, p.to_send
+        parts = [f"{done}/{total} sent", f"ok {p.ok}", f"failed {p.failed}"]
         if p.reused:
             parts.append(f"reused {p.reused}")
         parts += [f"{p.rate:.1f} rows/s", f"c={p.concurrency}", f"ETA {_duration(p.eta)}"]
-        return " | ".join(parts)
+        text = " | ".join(parts)
+        if self.bar:
+            width = 24 if columns is None else min(24, columns - 4 - len(text))
+            if width >= 8:
+                filled = width if total == 0 else int(width * done / total)
+                text = f"[{'#' * filled}{'.' * (width - filled)}] {text}"
+        return text if columns is None else text[: columns - 1]
 
     def __call__(self, progress: Progress) -> None:
         """Show ``progress`` if enough time has passed since the last line."""
@@ -68,7 +95,7 @@ class ProgressReporter:
         finished = progress.done >= progress.to_send
         if (now - self._last < self.every and not finished) or (finished and self._finished):
             return
-        text = self.line(progress)
+        text = self.line(progress, terminal_columns(self.stream) if self.bar else None)
         self._last, self._finished = now, finished
         if self.bar:
             self.stream.write("\r\x1b[2K" + text)
@@ -103,11 +130,15 @@ def summary_text(summary: Summary) -> str:
         status = click.style(f"{s.ok} ok", fg="green")
         failed = click.style(f"{s.error} failed", fg="red" if s.error else None)
         lines.append(f"{s.rows} rows: {status}, {failed}, {s.skipped} skipped -> {s.output}")
+    # An interrupted run's ``sent`` counts the rows it finished, not the rows it meant to
+    # send, and its rate counts them alone: the other rows were not done.
+    sent = f"finished {s.sent} rows before stopping," if s.interrupted else f"sent {s.sent} rows"
+    rate = (s.sent / s.wall_s if s.wall_s > 0 else 0.0) if s.interrupted else s.rows_per_s
     lines.append(
-        f"sent {s.sent} rows in {s.requests} requests, reused {s.reused}, duplicates {s.deduped},"
+        f"{sent} in {s.requests} requests, reused {s.reused}, duplicates {s.deduped},"
         f" token requests {s.token_requests}"
     )
-    lines.append(f"{s.wall_s:.1f} s, {s.rows_per_s:.1f} rows/s, {lat}, concurrency {s.concurrency}")
+    lines.append(f"{s.wall_s:.1f} s, {rate:.1f} rows/s, {lat}, concurrency {s.concurrency}")
     if s.prompt_tokens or s.completion_tokens:
         cut = f", {s.truncated} answers cut at the length limit" if s.truncated else ""
         lines.append(f"tokens: {s.prompt_tokens} prompt, {s.completion_tokens} completion{cut}")
@@ -115,6 +146,31 @@ def summary_text(summary: Summary) -> str:
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(s.errors_by_type.items()))
         lines.append(f"errors: {kinds}")
     return "\n".join(lines)
+
+
+def dry_run_text(source: str, rows: int, skipped: int, shown: list[tuple[int, str]]) -> str:
+    """What ``--dry-run`` prints: the row counts, then the first prompts as sent."""
+    head = f"{source}: {rows} rows, {skipped} with an empty prompt (skipped); nothing sent."
+    return "\n".join([head + " First prompts:"] + [f"--- row {r}\n{text}" for r, text in shown])
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
+
+
+def error_line(exc: BaseException) -> str:
+    """An unexpected exception as ``Type: message`` on one line.
+
+    Of a group, the first exception that aibatch did not raise on purpose: the bug.
+    """
+    leaves = list(_leaves(exc))
+    bug = next((e for e in leaves if not isinstance(e, AibatchError)), leaves[0])
+    message = " ".join(str(bug).split())[:200]
+    return f"{type(bug).__name__}: {message}" if message else type(bug).__name__
 
 
 def provider_text(name: str, provider: type[AsyncGeneratorProvider]) -> str:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
+import click
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -338,7 +341,7 @@ BAD_INPUTS = {
         "does not exist",
     ),
     "output equal to the input": (
-        lambda d: _text(d / "in.parquet.csv", "prompt\na\n"),
+        lambda d: _parquet(d / "in.parquet", {"prompt": ["a"]}),
         ["-o", "{input}"],
         "is the input file",
     ),
@@ -352,6 +355,11 @@ BAD_INPUTS = {
 
 def _text(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _parquet(path: Path, columns: dict[str, list[str]]) -> Path:
+    pq.write_table(pa.table(columns), path)
     return path
 
 
@@ -375,7 +383,54 @@ def test_bad_input_gets_a_one_line_error_exit_2_and_sends_nothing(
     assert chat_requests(live_emulator) == 0 and live_emulator.stats.token_requests == 0
 
 
-def test_readme_shows_the_current_run_help():
-    help_text = invoke("run", "--help").stdout
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert help_text.strip() in readme
+def test_no_progress_leaves_only_the_summary(tmp_path: Path, live_emulator: Emulator):
+    source = prompts_csv(tmp_path, 3)
+
+    result = invoke("run", source, "--base-url", live_emulator.base_url, "--no-progress")
+
+    assert result.exit_code == 0
+    assert result.stderr.startswith("3 rows: 3 ok") and " sent | " not in result.stderr
+
+
+def test_verbose_after_the_command_turns_on_info_logs(tmp_path: Path, live_emulator: Emulator):
+    source = prompts_csv(tmp_path, 3)
+    command = [sys.executable, "-m", "aibatch", "run", source, "--base-url", live_emulator.base_url]
+
+    done = subprocess.run([*map(str, command), "-q", "-v"], capture_output=True, timeout=60)
+
+    assert done.returncode == 0 and b" INFO aibatch." in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_limit_below_one_is_refused_pointing_at_dry_run(
+    tmp_path: Path, live_emulator: Emulator, limit: str
+):
+    source = prompts_csv(tmp_path, 3)
+
+    result = CliRunner().invoke(
+        main, ["run", str(source), "--limit", limit, "--base-url", live_emulator.base_url]
+    )
+
+    assert result.exit_code == 2 and "use --dry-run" in result.stderr
+    assert chat_requests(live_emulator) == 0
+
+
+@pytest.mark.parametrize("command", ["run", "emulate"])
+def test_every_option_has_a_description(command: str):
+    options = [p for p in main.commands[command].params if isinstance(p, click.Option)]
+
+    assert [p.name for p in options if not p.help] == []
+
+
+def test_provider_help_names_the_command_that_lists_them():
+    (provider,) = [p for p in main.commands["run"].params if p.name == "provider"]
+
+    assert "aibatch providers" in (provider.help or "")
+
+
+def test_run_help_ends_with_the_exit_codes():
+    text = invoke("run", "--help").stdout
+
+    codes = text[text.index("Exit codes:") :].split()
+    assert [c for c in codes if c.isdigit()] == ["0", "1", "2", "70", "130"]
+    assert text.rstrip().endswith("run the same command again to resume")
