@@ -370,8 +370,32 @@ def _string_batch(names: list[str], rows: list[list[str]]) -> pa.RecordBatch:
     return pa.record_batch([pa.array(col, type=pa.string()) for col in columns], names=names)
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(key)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return record
+
+
+# json.loads would keep the last of two equal keys and drop the other value unseen.
+_JSON = json.JSONDecoder(object_pairs_hook=_unique_keys)
+
+
 class JsonlSource(TextSource):
-    """One JSON object per line; other values than strings are kept as JSON text."""
+    """One JSON object per line; other values than strings are kept as JSON text.
+
+    A key twice in one object is an error: which value was meant cannot be known.
+    """
 
     def __init__(self, path: str, **kwargs: Any) -> None:
         super().__init__(path, **kwargs)
@@ -388,7 +412,13 @@ class JsonlSource(TextSource):
                     if not text.strip():
                         continue
                     try:
-                        record = json.loads(text)
+                        record = _JSON.decode(text)
+                    except _DuplicateKey as exc:
+                        raise InputError(
+                            self.name,
+                            f"the key {exc.key!r} appears twice in one object",
+                            line=number,
+                        ) from exc
                     except ValueError as exc:
                         column = getattr(exc, "colno", None)
                         reason = f"invalid JSON: {getattr(exc, 'msg', exc)}"

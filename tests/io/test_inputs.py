@@ -673,6 +673,21 @@ def test_an_input_error_message_names_file_line_and_column(tmp_path):
     assert message.startswith(f"{path}, line 1, column 7: invalid JSON")
 
 
+@pytest.mark.parametrize(
+    "line",
+    ['{"prompt": "a", "prompt": "b"}', '{"prompt": "a", "meta": {"k": 1, "k": 2}}'],
+    ids=["top-level", "nested"],
+)
+def test_a_key_twice_in_a_json_object_is_an_input_error_naming_line_and_key(tmp_path, line):
+    path = write(tmp_path / "in.jsonl", '{"prompt": "fine"}\n' + line + "\n")
+
+    error = input_error(path)
+
+    assert error.line == 2
+    assert "twice" in error.reason
+    assert ("'prompt'" if "meta" not in line else "'k'") in error.reason
+
+
 # JSONL values and columns
 
 
