@@ -17,6 +17,7 @@ import glob
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import sys
@@ -48,10 +49,14 @@ __all__ = [
     "TableSource",
     "dataset_files",
     "dataset_partitions",
+    "detect_format",
+    "frame_source",
     "open_input",
     "spool_stdin",
     "stage_partitions",
 ]
+
+log = logging.getLogger(__name__)
 
 _EXTENSIONS = {
     ".csv": "csv",
@@ -667,8 +672,61 @@ def spool_stdin(directory: Path) -> Path:
 
 
 def frame_source(frame: Any, **kwargs: Any) -> TableSource:
-    """A pandas DataFrame as a source (its index is not kept)."""
-    return TableSource(pa.Table.from_pandas(frame, preserve_index=False), **kwargs)
+    """A pandas DataFrame as a source (its index is not kept).
+
+    A column of mixed Python objects that Arrow cannot hold as one type (text beside
+    numbers) is sent as text, with a warning naming it; None and NaN stay null. The
+    caller's frame is not changed.
+
+    Raises:
+        InputError: a column name used twice, or a column that cannot be sent even as text.
+    """
+    name = kwargs.get("name", "<DataFrame>")
+    names = [str(column) for column in frame.columns]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise InputError(name, f"names a column twice: {', '.join(map(shown, duplicates))}")
+    try:
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+    except (pa.ArrowException, ValueError, TypeError):
+        columns = [_frame_column(frame, i, names[i], name) for i in range(len(names))]
+        table = pa.Table.from_arrays(columns, names=names)
+    return TableSource(table, **kwargs)
+
+
+def _frame_column(frame: Any, position: int, column: str, name: str) -> pa.ChunkedArray:
+    """One column of a DataFrame as Arrow; a column of mixed objects as text."""
+    try:
+        return pa.Table.from_pandas(frame.iloc[:, [position]], preserve_index=False).column(0)
+    except (pa.ArrowException, ValueError, TypeError) as exc:
+        failure: Exception = exc
+    series = frame.iloc[:, position]
+    if series.dtype == object:
+        import pandas  # a frame's caller has it; reading files does not need it
+
+        try:
+            texts = [_cell_text(value, pandas.isna) for value in series.tolist()]
+            array = pa.chunked_array([pa.array(texts, pa.string())])
+        except (pa.ArrowException, ValueError, TypeError) as exc:
+            failure = exc
+        else:
+            log.warning("column %s holds values of several types: sent as text", shown(column))
+            return array
+    reason = (str(failure).strip().splitlines() or [type(failure).__name__])[0]
+    raise InputError(name, f"cannot be sent: {reason}", column=column) from failure
+
+
+def _cell_text(value: Any, isna: Callable[[Any], Any]) -> str | None:
+    """A cell as text: None, NaN, NA and NaT stay null; lists and dicts become JSON."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    if isna(value) is True:
+        return None
+    return str(value)
 
 
 @dataclass(frozen=True, slots=True)

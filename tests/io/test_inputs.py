@@ -6,6 +6,8 @@ import bz2
 import gzip
 import io
 import json
+import logging
+import math
 import sys
 from pathlib import Path
 
@@ -14,7 +16,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from aibatch.errors import InputError, UsageError
-from aibatch.io.inputs import Batch, InputSource, detect_format, open_input, spool_stdin
+from aibatch.io.inputs import (
+    Batch,
+    InputSource,
+    detect_format,
+    frame_source,
+    open_input,
+    spool_stdin,
+)
 
 ONE_MB = 1024 * 1024
 
@@ -773,6 +782,47 @@ def test_parquet_pandas_metadata_is_dropped_from_schema_and_batches(tmp_path):
 
     assert source.schema().metadata is None
     assert batch.data.schema.metadata is None
+
+
+# DataFrames
+
+
+def test_a_frame_column_of_mixed_python_types_is_sent_as_text_with_a_warning(caplog):
+    pandas = pytest.importorskip("pandas")
+    frame = pandas.DataFrame({"prompt": ["a", 1, 2.5, None, math.nan], "n": [1, 2, 3, 4, 5]})
+
+    with caplog.at_level(logging.WARNING, logger="aibatch.io.inputs"):
+        source = frame_source(frame)
+
+    assert read_rows(source) == [
+        {"prompt": "a", "n": 1},
+        {"prompt": "1", "n": 2},
+        {"prompt": "2.5", "n": 3},
+        {"prompt": None, "n": 4},
+        {"prompt": None, "n": 5},
+    ]
+    assert [r.getMessage() for r in caplog.records] == [
+        "column prompt holds values of several types: sent as text"
+    ]
+
+
+def test_a_frame_column_that_cannot_be_sent_is_an_input_error_naming_it():
+    pandas = pytest.importorskip("pandas")
+    frame = pandas.DataFrame({"prompt": ["a"], "z": [1 + 2j]})
+
+    with pytest.raises(InputError, match="cannot be sent") as caught:
+        frame_source(frame)
+
+    assert caught.value.column == "z"
+    assert "\n" not in str(caught.value)
+
+
+def test_a_frame_naming_a_column_twice_is_an_input_error():
+    pandas = pytest.importorskip("pandas")
+    frame = pandas.DataFrame([["a", "b"]], columns=["prompt", "prompt"])
+
+    with pytest.raises(InputError, match="names a column twice: prompt"):
+        frame_source(frame)
 
 
 # Values that must survive exactly
