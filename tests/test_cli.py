@@ -249,11 +249,10 @@ def test_jsonl_parquet_and_tsv_inputs_work(tmp_path: Path, live_emulator: Emulat
     elif kind == "parquet":
         source = tmp_path / "in.parquet"
         pq.write_table(pa.table({"prompt": prompts, "n": [1, 2, 3]}), source)
-    else:
+    else:  # tab-separated: a quote is text, and a prompt cannot hold a line break
+        prompts = prompts[:2]
         source = tmp_path / "in.tsv"
-        source.write_text(
-            'prompt\tn\nfirst, with a comma\t1\n"second ""quoted"""\t2\n"third\nline"\t3\n'
-        )
+        source.write_text('prompt\tn\nfirst, with a comma\t1\nsecond "quoted"\t2\n')
     result = invoke("run", source, "--base-url", live_emulator.base_url, "-q")
     assert result.exit_code == 0, result.stderr
     table = pq.read_table(tmp_path / "in.responses.parquet")
