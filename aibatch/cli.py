@@ -18,12 +18,11 @@ import the runner when they run, so ``aibatch --help`` answers at once.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import signal
 import sys
-import tempfile
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -32,7 +31,7 @@ import click
 from click.core import ParameterSource
 
 from ._version import __version__
-from .console import ProgressReporter, dry_run_text, error_line, provider_text, summary_text
+from .console import ProgressReporter, crash_report, dry_run_text, provider_text, summary_text
 from .errors import AibatchError
 from .files import atomic_write
 from .jobs.spec import ENGINES, INPUT_FORMATS, JobSpec, RetryPolicy, load_job, parse_max_failures
@@ -57,22 +56,6 @@ def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     sys.exit(code)
 
 
-def _crash(exc: Exception, verbose: int) -> NoReturn:
-    """A bug: one line on stderr, the traceback in a file only the user can read."""
-    text = "".join(traceback.format_exception(exc))
-    try:  # mkstemp: a fresh name no one could have planted a link at, mode 0600
-        fd, where = tempfile.mkstemp(prefix="aibatch-crash-", suffix=".txt")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(f"aibatch {__version__}, Python {sys.version.split()[0]}\n{text}")
-        saved = f"the traceback is in {where}"
-    except OSError as error:
-        saved, verbose = f"the traceback could not be saved ({error.strerror})", 2
-    if verbose >= 2:
-        click.echo(text, err=True, nl=False)
-    click.echo(f"aibatch: internal error: {error_line(exc)}; {saved} (-vv prints it)", err=True)
-    sys.exit(EXIT_SOFTWARE)
-
-
 class _Main(click.Group):
     """The group: an error aibatch raises on purpose exits 2, anything else is a bug."""
 
@@ -86,7 +69,8 @@ class _Main(click.Group):
         except KeyboardInterrupt:
             _fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED)
         except Exception as exc:  # a bug: say so in one line, keep the traceback
-            _crash(exc, ctx.meta.get(_VERBOSE, 0))
+            click.echo(crash_report(exc, verbose=ctx.meta.get(_VERBOSE, 0)), err=True)
+            sys.exit(EXIT_SOFTWARE)
 
 
 def _verbosity(ctx: click.Context, _: click.Parameter, count: int) -> None:
@@ -105,12 +89,7 @@ _verbose_option = click.option(
 
 
 def _options(*decorators: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    def apply(function: Any) -> Any:
-        for decorator in reversed(decorators):
-            function = decorator(function)
-        return function
-
-    return apply
+    return lambda function: functools.reduce(lambda f, d: d(f), reversed(decorators), function)
 
 
 def _job(*decls: str, **attrs: Any) -> Callable[[Any], Any]:

@@ -1,4 +1,4 @@
-"""What a person sees: progress, and the summary at the end.
+"""What a person sees: progress, the summary at the end, and a bug reported in one line.
 
 On a terminal the progress is a redrawn bar, cut to the terminal's width so that a
 redraw never wraps; otherwise (cron, pipelines) a log line every few seconds.
@@ -9,12 +9,15 @@ from __future__ import annotations
 import math
 import os
 import sys
+import tempfile
 import time
+import traceback
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, TextIO
 
 import click
 
+from ._version import __version__
 from .errors import AibatchError
 
 if TYPE_CHECKING:
@@ -22,7 +25,14 @@ if TYPE_CHECKING:
     from .runner.engine import Progress
     from .runner.summary import Summary
 
-__all__ = ["ProgressReporter", "dry_run_text", "error_line", "provider_text", "summary_text"]
+__all__ = [
+    "ProgressReporter",
+    "crash_report",
+    "dry_run_text",
+    "error_line",
+    "provider_text",
+    "summary_text",
+]
 
 
 def _duration(seconds: float | None) -> str:
@@ -171,6 +181,25 @@ def error_line(exc: BaseException) -> str:
     bug = next((e for e in leaves if not isinstance(e, AibatchError)), leaves[0])
     message = " ".join(str(bug).split())[:200]
     return f"{type(bug).__name__}: {message}" if message else type(bug).__name__
+
+
+def crash_report(exc: BaseException, *, verbose: int = 0) -> str:
+    """Save the traceback of a bug in a new private file; say so in one line.
+
+    The file comes from :func:`tempfile.mkstemp`: a name nobody could have planted a link
+    at, readable by the user alone (a traceback may quote a prompt or a path). With
+    ``verbose >= 2``, or when the file cannot be written, the traceback comes first.
+    """
+    text = "".join(traceback.format_exception(exc))
+    try:
+        fd, where = tempfile.mkstemp(prefix="aibatch-crash-", suffix=".txt")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(f"aibatch {__version__}, Python {sys.version.split()[0]}\n{text}")
+        saved = f"the traceback is in {where}"
+    except OSError as error:
+        saved, verbose = f"the traceback could not be saved ({error.strerror})", 2
+    line = f"aibatch: internal error: {error_line(exc)}; {saved} (-vv prints it)"
+    return text + line if verbose >= 2 else line
 
 
 def provider_text(name: str, provider: type[AsyncGeneratorProvider]) -> str:
