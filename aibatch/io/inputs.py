@@ -4,8 +4,12 @@ A source is re-iterable: the engine reads it once to check and key every row bef
 anything is sent, again to send, and a last time to write the output, each time in
 batches of at most ``batch_rows`` rows, so memory stays flat however long the file is.
 Text files may be gzip, zstd or bz2 compressed, and UTF-16 or UTF-32 with a byte-order
-mark. Every problem is an :class:`InputError`
-naming the file, the line and the column.
+mark. Every problem is an :class:`InputError` naming the file, the line and the column.
+
+A file must stay as it is while a job reads it (rows are matched to answers by their
+position): each read after the first compares the file's identity, size and time when
+it opens it, and the hash of its bytes when it reaches the end, and raises
+:class:`InputChanged` when they differ.
 """
 
 from __future__ import annotations
@@ -15,13 +19,12 @@ import contextlib
 import csv
 import glob
 import hashlib
-import io
 import json
 import logging
 import os
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -29,16 +32,18 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import InputError, shown
+from ..errors import InputChanged, InputError, shown
 from ..files import DIR_MODE, atomic_write
 from ..jobs.spec import INPUT_FORMATS
 from .raw import (
     COMPRESSION_SUFFIXES,
     READ_ERRORS,
+    Fingerprint,
     RawPass,
     bom_encoding,
     format_suffix,
     is_utf8,
+    new_hash,
     undecodable_hint,
 )
 
@@ -132,7 +137,14 @@ class InputSource:
         """The Arrow schema of the batches."""
         return pa.schema([(name, pa.string()) for name in self.columns])
 
-    def _rows(self) -> Iterator[Batch]:
+    def check_unchanged(self) -> None:
+        """Raise :class:`InputChanged` if the input is no longer what was first read.
+
+        One ``stat`` of the file (its identity, size and time); an input that is not a
+        file never changes. Each read checks this itself, and the hash of the bytes too.
+        """
+
+    def _rows(self) -> Generator[Batch]:
         raise NotImplementedError
 
     def batches(self) -> Iterator[Batch]:
@@ -140,26 +152,28 @@ class InputSource:
 
         Raises:
             InputError: the input is unreadable, empty or malformed.
+            InputChanged: the file is not what an earlier read saw.
         """
         left = self.limit
         seen = 0
-        for batch in self._rows():
-            seen += batch.data.num_rows
-            if left is not None:
-                if left <= 0:
+        with contextlib.closing(self._rows()) as rows:
+            for batch in rows:
+                seen += batch.data.num_rows
+                if left is not None:
+                    if left <= 0:
+                        return
+                    if batch.data.num_rows > left:
+                        batch = Batch(
+                            batch.data.slice(0, left),
+                            batch.start,
+                            batch.lines[:left] if batch.lines else None,
+                        )
+                    left -= batch.data.num_rows
+                if self.offset:
+                    batch = Batch(batch.data, batch.start, batch.lines, self.offset)
+                yield batch
+                if left is not None and left <= 0:
                     return
-                if batch.data.num_rows > left:
-                    batch = Batch(
-                        batch.data.slice(0, left),
-                        batch.start,
-                        batch.lines[:left] if batch.lines else None,
-                    )
-                left -= batch.data.num_rows
-            if self.offset:
-                batch = Batch(batch.data, batch.start, batch.lines, self.offset)
-            yield batch
-            if left is not None and left <= 0:
-                return
         if seen == 0:
             raise InputError(self.name, self._no_rows_reason())
 
@@ -167,7 +181,65 @@ class InputSource:
         return "has no rows"
 
 
-class TextSource(InputSource):
+class FileSource(InputSource):
+    """A source read from a file, which must stay as it is while a job reads it.
+
+    The first open records the file's :class:`Fingerprint` (identity, size, time) and
+    the first read to the end the hash of its bytes; each later read compares the
+    fingerprint when it opens the file and the hash when it reaches the end.
+    """
+
+    def __init__(self, path: str, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self._fingerprint: Fingerprint | None = None
+        self._digest: bytes | None = None
+
+    def check_unchanged(self) -> None:
+        """Raise :class:`InputChanged` if the file's identity, size or time changed."""
+        if self._fingerprint is None:
+            return
+        try:
+            stat = os.stat(self.path)
+        except OSError as exc:
+            raise InputChanged(self.name, "it can no longer be read") from exc
+        self._compare(stat)
+
+    def _compare(self, stat: os.stat_result) -> None:
+        now = Fingerprint.of(stat)
+        if self._fingerprint is None:
+            self._fingerprint = now
+            return
+        change = self._fingerprint.change(now)
+        if change:
+            raise InputChanged(self.name, change)
+
+    def _finished(self, digest: bytes, stat: os.stat_result) -> None:
+        """A read reached the end: the same file, still, with the same bytes."""
+        self._compare(stat)
+        if self._digest is None:
+            self._digest = digest
+        elif digest != self._digest:
+            raise InputChanged(self.name, "its content changed, though not its size or time")
+
+    def _opened(self, exc: OSError) -> InputError:
+        """Why the file would not open: gone since an earlier read, or never readable."""
+        if self._fingerprint is not None and isinstance(exc, FileNotFoundError):
+            return InputChanged(self.name, "it was deleted or moved")
+        return InputError(self.name, f"cannot read: {exc.strerror or exc}")
+
+    @contextlib.contextmanager
+    def _open_pass(self) -> Iterator[RawPass]:
+        """The file's bytes, decompressed, for one read from its start."""
+        try:
+            raw = RawPass(self.path)
+        except OSError as exc:
+            raise self._opened(exc) from exc
+        with raw:
+            self._compare(raw.stat)
+            yield raw
+
+
+class TextSource(FileSource):
     """A text file in ``encoding``, perhaps gzip, zstd or bz2 compressed.
 
     With the default UTF-8, a UTF-16 or UTF-32 byte-order mark says the encoding instead.
@@ -198,18 +270,8 @@ class TextSource(InputSource):
         self.codec = bom or ("utf-8-sig" if is_utf8(encoding) else encoding)
         self._label = bom.upper() if bom else encoding
 
-    @contextlib.contextmanager
-    def _open_pass(self) -> Iterator[RawPass]:
-        """The file's bytes, decompressed, for one read from its start."""
-        try:
-            raw = RawPass(self.path)
-        except OSError as exc:
-            raise InputError(self.name, f"cannot read: {exc.strerror or exc}") from exc
-        with raw:
-            yield raw
-
     def _text(self, raw: RawPass, newline: str = "") -> IO[str]:
-        return io.TextIOWrapper(raw.stream, encoding=self.codec, errors="strict", newline=newline)
+        return raw.text(self.codec, newline)
 
     def _read_error(self, exc: BaseException, line: int) -> InputError:
         """A read that failed: damaged compressed data, or the disk."""
@@ -343,7 +405,7 @@ class CsvSource(TextSource):
                 )
         return record[:named]
 
-    def _rows(self) -> Iterator[Batch]:
+    def _rows(self) -> Generator[Batch]:
         csv.field_size_limit(_CSV_FIELD_LIMIT)
         named = len(self.columns)
         names = self.columns
@@ -368,6 +430,7 @@ class CsvSource(TextSource):
                 raise self._read_error(exc, line) from exc
             if rows:
                 yield Batch(_string_batch(names, rows), start, lines)
+            self._finished(*raw.finish())
 
 
 def _string_batch(names: list[str], rows: list[list[str]]) -> pa.RecordBatch:
@@ -406,7 +469,7 @@ class JsonlSource(TextSource):
         super().__init__(path, **kwargs)
         self._complete = False
 
-    def _rows(self) -> Iterator[Batch]:
+    def _rows(self) -> Generator[Batch]:
         keys: dict[str, None] = dict.fromkeys(self.columns)
         records: list[dict[str, Any]] = []
         lines: list[int] = []
@@ -451,8 +514,9 @@ class JsonlSource(TextSource):
                 raise self._decode_error(exc) from exc
             except READ_ERRORS as exc:
                 raise self._read_error(exc, number) from exc
-        if records:
-            yield Batch(self._batch(list(keys), records, lines), start, lines)
+            if records:
+                yield Batch(self._batch(list(keys), records, lines), start, lines)
+            self._finished(*raw.finish())
         self.columns = list(keys)
 
     def _batch(
@@ -493,17 +557,19 @@ def _json_batch(names: list[str], records: list[dict[str, Any]]) -> pa.RecordBat
     )
 
 
-class ParquetSource(InputSource):
+class ParquetSource(FileSource):
     """A Parquet file; its columns keep their types."""
 
     def __init__(self, path: str, **kwargs: Any) -> None:
         super().__init__(path, **kwargs)
         try:
-            self._schema = pq.read_schema(path)
-        except OSError as exc:
-            raise InputError(self.name, f"cannot read: {exc.strerror or exc}") from exc
+            with pa.OSFile(path) as handle:
+                self._compare(os.fstat(handle.fileno()))
+                self._schema = pq.read_schema(handle)
         except pa.ArrowException as exc:
             raise InputError(self.name, f"not a readable Parquet file: {exc}") from exc
+        except OSError as exc:
+            raise InputError(self.name, f"cannot read: {exc.strerror or exc}") from exc
         self.columns = list(self._schema.names)
         duplicates = sorted({n for n in self.columns if self.columns.count(n) > 1})
         if duplicates:
@@ -515,10 +581,15 @@ class ParquetSource(InputSource):
         """The file's own schema, without pandas metadata."""
         return self._schema.remove_metadata()
 
-    def _rows(self) -> Iterator[Batch]:
+    def _rows(self) -> Generator[Batch]:
         start = 0
         try:
-            with pq.ParquetFile(self.path) as handle:
+            file = pa.OSFile(self.path)
+        except OSError as exc:
+            raise self._opened(exc) from exc
+        try:
+            with file, pq.ParquetFile(file) as handle:
+                self._compare(os.fstat(file.fileno()))
                 for data in handle.iter_batches(batch_size=self.batch_rows):
                     if data.num_rows:
                         self._validate(data, start)
@@ -526,6 +597,14 @@ class ParquetSource(InputSource):
                         start += data.num_rows
         except pa.ArrowException as exc:
             raise InputError(self.name, f"not a readable Parquet file: {exc}") from exc
+        # Parquet is read out of order, by column chunks: hash the file once read through.
+        try:
+            with open(self.path, "rb") as again:
+                digest = hashlib.file_digest(again, new_hash).digest()
+                stat = os.fstat(again.fileno())
+        except OSError as exc:
+            raise self._opened(exc) from exc
+        self._finished(digest, stat)
 
     def _validate(self, data: pa.RecordBatch, start: int) -> None:
         """Refuse string cells that are not valid UTF-8, naming the row and column."""
@@ -558,7 +637,7 @@ class TableSource(InputSource):
         """The table's schema."""
         return self.table.schema
 
-    def _rows(self) -> Iterator[Batch]:
+    def _rows(self) -> Generator[Batch]:
         start = 0
         for data in self.table.to_batches(max_chunksize=self.batch_rows):
             if data.num_rows:

@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from aibatch.errors import InputError, UsageError
+from aibatch.errors import InputChanged, InputError, UsageError
 from aibatch.io.inputs import (
     Batch,
     InputSource,
@@ -335,6 +336,126 @@ def test_a_large_zstd_file_is_read_in_constant_memory(tmp_path):
 
     # A read of the whole stream would hold it twice (bytes, then text): 320 MB.
     assert peak - before < 96 * ONE_MB
+
+
+# a file that changes while a job reads it
+
+CHANGING = [
+    ("in.csv", lambda rows: ("id,prompt\n" + "".join(f"{i},q{i}\n" for i in rows)).encode()),
+    (  # stored, not deflated: the same size whatever the order
+        "in.csv.gz",
+        lambda rows: gzip.compress(
+            ("prompt\n" + "".join(f"q{i}\n" for i in rows)).encode(), compresslevel=0, mtime=0
+        ),
+    ),
+    ("in.jsonl", lambda rows: "".join(json.dumps({"prompt": f"q{i}"}) + "\n" for i in rows)),
+    ("in.parquet", None),
+]
+
+
+def write_rows(path: Path, rows: list[int]) -> None:
+    """Write rows numbered ``rows`` in ``path``'s format, in place (the same inode)."""
+    make = dict(CHANGING)[path.name]
+    if make is None:
+        table = pa.table({"prompt": [f"q{i:02d}" for i in rows]})
+        with path.open("r+b" if path.exists() else "wb") as handle:
+            handle.truncate()
+            pq.write_table(table, handle, compression="none")
+    else:
+        write(path, make(rows))
+
+
+def rewrite_keeping_size_and_time(path: Path, rows: list[int]) -> None:
+    """Rewrite ``path`` in place, then put its modification time back (as cp -p does)."""
+    before = path.stat()
+    write_rows(path, rows)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_ino) == (before.st_size, before.st_ino)
+
+
+@pytest.mark.parametrize("name", [name for name, _ in CHANGING])
+def test_a_read_after_the_rows_were_reordered_in_place_at_the_same_time_is_refused(tmp_path, name):
+    path = tmp_path / name
+    write_rows(path, list(range(20)))
+    source = open_input(str(path), batch_rows=3)
+    read_rows(source)
+    rewrite_keeping_size_and_time(path, list(range(19, -1, -1)))
+
+    with pytest.raises(InputChanged, match="changed while aibatch was running") as caught:
+        read_rows(source)
+
+    assert caught.value.path == str(path)
+    assert "run the same command again" in str(caught.value)
+
+
+@pytest.mark.parametrize("name", [name for name, _ in CHANGING])
+def test_a_read_after_rows_were_appended_is_refused(tmp_path, name):
+    path = tmp_path / name
+    write_rows(path, list(range(20)))
+    source = open_input(str(path), batch_rows=3)
+    read_rows(source)
+    write_rows(path, list(range(25)))
+
+    with pytest.raises(InputChanged, match="its size went from"):
+        read_rows(source)
+
+
+@pytest.mark.parametrize("name", [name for name, _ in CHANGING])
+def test_an_untouched_file_reads_the_same_three_times(tmp_path, name):
+    path = tmp_path / name
+    write_rows(path, list(range(20)))
+    source = open_input(str(path), batch_rows=3)
+
+    reads = [read_rows(source) for _ in range(3)]
+
+    assert reads[0] == reads[1] == reads[2]
+
+
+def test_a_file_changed_during_the_first_read_is_refused_at_its_end(tmp_path):
+    path = tmp_path / "in.csv"
+    write_rows(path, list(range(20)))
+    source = open_input(str(path), batch_rows=3)
+    batches = source.batches()
+    next(batches)
+    write_rows(path, list(range(30)))
+
+    with pytest.raises(InputChanged):
+        list(batches)
+
+
+def test_check_unchanged_stats_the_file_without_reading_it(tmp_path):
+    path = tmp_path / "in.csv"
+    write_rows(path, list(range(20)))
+    source = open_input(str(path))
+    source.check_unchanged()
+    write_rows(path, list(range(21)))
+
+    with pytest.raises(InputChanged, match="its size went from"):
+        source.check_unchanged()
+
+
+def test_a_file_replaced_by_another_is_refused_though_its_bytes_are_the_same(tmp_path):
+    path = tmp_path / "in.csv"
+    write_rows(path, list(range(20)))
+    source = open_input(str(path))
+    read_rows(source)
+    copy = tmp_path / "copy.csv"
+    copy.write_bytes(path.read_bytes())
+    os.replace(copy, path)
+
+    with pytest.raises(InputChanged, match="another file"):
+        read_rows(source)
+
+
+def test_a_file_deleted_after_a_read_is_an_input_changed_error(tmp_path):
+    path = tmp_path / "in.jsonl"
+    write_rows(path, list(range(3)))
+    source = open_input(str(path))
+    read_rows(source)
+    path.unlink()
+
+    with pytest.raises(InputChanged, match="deleted or moved"):
+        read_rows(source)
 
 
 # limit
