@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar
 
 import anyio
 
@@ -47,9 +47,6 @@ class ScriptedProvider(AsyncGeneratorProvider, ProviderModelMixin):
         self.calls: Counter[str] = Counter()
         self.inflight = 0
         self.max_inflight = 0
-
-    async def __aenter__(self) -> Self:
-        return self  # no HTTP session needed
 
     @property
     def stats(self) -> dict[str, int]:

@@ -1,10 +1,11 @@
 """AiChatOnline: gpt4free's provider, with session and token reuse and typed errors.
 
 The public shape follows the original (``site_url``, ``url``, ``api_endpoint``,
-``grab_token``, ``create_async_generator``, ``_get_response``); what differs is that an
-instance is an async resource holding one session and one :class:`TokenManager` for a
-whole batch, and that every failure is raised as an :mod:`aibatch.errors` type instead
-of being swallowed. Wire details: the project README and ``PROTOCOL``.
+``grab_token``, ``create_async_generator`` on the class or an instance,
+``_get_response``); what differs is that inside ``async with`` an instance holds one
+session and one :class:`TokenManager` for a whole batch, and that every failure is
+raised as an :mod:`aibatch.errors` type instead of being swallowed. Wire details: the
+project README.
 """
 
 from __future__ import annotations
@@ -12,26 +13,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar
 
 import aiohttp
 
-from ..errors import TokenRejected, TransientError
-from ..types import ChatRequest, Completion
-from .base import (
-    AsyncGeneratorProvider,
-    HttpErrors,
-    ProviderModelMixin,
-    StreamInfo,
-    completion,
-    read_body,
-    response_error,
-    split_lines,
-    timeout_error,
-)
+from ..errors import TokenRejected, TransientError, UsageError
+from ..types import ChatRequest
+from ._http import HTTP_ERRORS, LineSplitter, http_error, response_error, timeout_error
+from .base import AsyncGeneratorProvider, ProviderModelMixin, StreamInfo
 from .helpers import format_prompt, get_random_string
 from .tokens import Token, TokenManager
 
@@ -51,7 +41,10 @@ class AiChatOnline(AsyncGeneratorProvider, ProviderModelMixin):
         token_max_age: replace the token after this many seconds.
         token_pool: spread requests over this many tokens.
         token_retries: fresh tokens to try within one call after a 401/403.
-        **kwargs: see :class:`AsyncGeneratorProvider`.
+        **kwargs: ``model`` and the rest: see :class:`AsyncGeneratorProvider`.
+
+    Raises:
+        UsageError: a token option out of range, or an unknown ``model``.
     """
 
     name: ClassVar[str] = "aichatonline"
@@ -75,6 +68,8 @@ class AiChatOnline(AsyncGeneratorProvider, ProviderModelMixin):
         token_retries: int = 2,
         **kwargs: Any,
     ) -> None:
+        if token_retries < 0:
+            raise UsageError("token_retries must be 0 or more")
         super().__init__(base_url=base_url or os.environ.get(BASE_URL_ENV), **kwargs)
         self.tokens = TokenManager(
             self._fetch_token,
@@ -147,10 +142,14 @@ class AiChatOnline(AsyncGeneratorProvider, ProviderModelMixin):
         proxy: str | None = None,
         **kwargs: Any,
     ) -> AsyncGenerator[str, None]:
-        """Yield the answer's text chunks, replacing the token if the server rejects it.
+        """Yield the answer's text chunks as they arrive.
+
+        The one request path: :meth:`complete` and every way of calling this (see
+        :mod:`aibatch.providers.base`) come through here.
 
         Args:
-            model: a model name (the service ignores it, but unknown names are refused).
+            model: a model name (the service ignores it, but unknown names are refused);
+                empty for the instance's ``model``.
             messages: the conversation, flattened by :func:`format_prompt`.
             proxy: overrides the instance's proxy for this call.
             **kwargs: ``info``, a :class:`StreamInfo` to fill.
@@ -158,91 +157,59 @@ class AiChatOnline(AsyncGeneratorProvider, ProviderModelMixin):
         Raises:
             ProviderError: a subclass saying whether retrying can help.
         """
-        self.get_model(model)
+        self.get_model(model or self.model)
         info: StreamInfo = kwargs.get("info") or StreamInfo()
         prompt = format_prompt(messages)
-        for attempt in range(self.token_retries + 1):
-            token = await self.tokens.get()
-            try:
-                async for chunk in self._get_response(prompt, token, proxy or self.proxy, info):
-                    yield chunk
-                return
-            except TokenRejected:
-                if not self._replace_token(token, attempt):
-                    raise
+        lines = LineSplitter()
+        try:
+            async with await self._get_response(prompt, proxy or self.proxy, info) as response:
+                # readany() until b"" is iter_any() without its iterator's cost per piece
+                while data := await response.content.readany():
+                    for message in _messages(lines.feed(data), info):
+                        yield message
+        except HTTP_ERRORS as exc:
+            raise http_error(exc, self.timeout, info.http_status) from exc
+        for message in _messages(lines.close(), info):
+            yield message
 
-    async def complete(self, request: ChatRequest) -> Completion:
-        """Send ``request`` once and return the whole answer.
+    async def _get_response(
+        self, prompt: str, proxy: str | None, info: StreamInfo
+    ) -> aiohttp.ClientResponse:
+        """Send the chat request: the only place that does.
 
-        The same request and token handling as :meth:`create_async_generator`, but the
-        body is read whole instead of chunk by chunk through generators: the engine
-        only needs the answer, and this is its hot path.
+        Returns the response once its status is known to be good. A token the server
+        rejects is replaced and the request sent again, up to :attr:`token_retries` times.
 
         Raises:
-            ProviderError: a subclass saying whether retrying can help.
+            TokenRejected: the last token tried was rejected too.
+            ProviderError: any other error status.
         """
-        self.get_model(request.model)
-        info = StreamInfo()
-        prompt = format_prompt(request.message_dicts)
-        start = time.perf_counter()
         for attempt in range(self.token_retries + 1):
             token = await self.tokens.get()
+            body = json.dumps({"conversationId": get_random_string(), "prompt": prompt})
+            response = await self.session.post(
+                self._chat_url,
+                data=body.encode(),
+                headers={**self.headers, "UniqueId": token.value},
+                proxy=proxy,
+                timeout=self.request_timeout,
+            )
+            info.http_status = response.status
+            if response.status < 400:
+                return response
             try:
-                body, first_at = await self._read_response(prompt, token, self.proxy, info)
-                break
-            except TokenRejected:
-                if not self._replace_token(token, attempt):
-                    raise
-        return completion(_messages(body.split(b"\n"), info), (first_at - start) * 1000.0, info)
+                error = await response_error(response, "chat request", secret=token.value)
+            finally:
+                response.release()
+            if not isinstance(error, TokenRejected) or not self._replace_token(token, attempt):
+                raise error
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _replace_token(self, token: Token, attempt: int) -> bool:
         """Drop a rejected token; whether another may be tried in this call."""
         self.tokens.reject(token)
         log.debug("token rejected (try %d of %d)", attempt + 1, self.token_retries + 1)
         return attempt < self.token_retries
-
-    def _post_chat(
-        self, prompt: str, token: Token, proxy: str | None
-    ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
-        """Send one chat request: the only place that does."""
-        body = json.dumps({"conversationId": get_random_string(), "prompt": prompt}).encode()
-        return self.session.post(
-            self._chat_url,
-            data=body,
-            headers={**self.headers, "UniqueId": token.value},
-            proxy=proxy,
-            timeout=self.request_timeout,
-        )
-
-    async def _get_response(
-        self, prompt: str, token: Token, proxy: str | None, info: StreamInfo
-    ) -> AsyncGenerator[str, None]:
-        """Send one chat request and yield its decoded deltas as they arrive."""
-        with HttpErrors(self.timeout, info):
-            async with self._post_chat(prompt, token, proxy) as response:
-                await _check_status(response, token, info)
-                pending = b""
-                async for data in response.content.iter_any():
-                    lines, pending = split_lines(pending, data)
-                    for message in _messages(lines, info):
-                        yield message
-                for message in _messages([pending], info):
-                    yield message
-
-    async def _read_response(
-        self, prompt: str, token: Token, proxy: str | None, info: StreamInfo
-    ) -> tuple[bytes, float]:
-        """Send one chat request; return its whole body and when its first bytes came."""
-        with HttpErrors(self.timeout, info):
-            async with self._post_chat(prompt, token, proxy) as response:
-                await _check_status(response, token, info)
-                return await read_body(response)
-
-
-async def _check_status(response: aiohttp.ClientResponse, token: Token, info: StreamInfo) -> None:
-    info.http_status = response.status
-    if response.status >= 400:
-        raise await response_error(response, "chat request", secret=token.value)
 
 
 _GARBAGE = object()

@@ -1,57 +1,47 @@
-"""The provider seam: ``AsyncGeneratorProvider`` and ``ProviderModelMixin``.
+"""The provider contract: :class:`AsyncGeneratorProvider`.
 
-A provider is an async resource (``async with Provider(...) as p:``) that owns one HTTP
-session for a whole batch. It implements one method, :meth:`create_async_generator`,
-which yields the answer's text chunks; :meth:`complete` (what the engine calls) wraps it
-with the per-attempt deadline, the time to first chunk and the empty-answer check.
+A provider is one class with one method to implement, ``create_async_generator(model,
+messages, proxy=None, **kwargs)``: an async generator of the answer's text chunks that
+raises :mod:`aibatch.errors` types. Everything else is built on that one method here,
+for plugins and the built-in providers alike:
+
+- :meth:`AsyncGeneratorProvider.complete`, what the engine calls: the whole answer, the
+  time to its first chunk, an empty answer refused;
+- the three ways to call ``create_async_generator``: on an instance inside ``async
+  with`` (one HTTP session, and one token, for a whole batch), on an instance outside
+  it (a session opened and closed for that one call), or, as in gpt4free, on the class
+  (a provider made for that one call).
 """
 
 from __future__ import annotations
 
-import email.utils
-import math
-import re
+import functools
 import time
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
-from types import TracebackType
+from types import FunctionType, MethodType, TracebackType
 from typing import Any, ClassVar, Self
 
 import aiohttp
 
-from ..errors import (
-    PermanentError,
-    ProviderError,
-    RateLimited,
-    TokenRejected,
-    TransientError,
-    UnknownModelError,
-)
+from ..errors import TransientError, UnknownModelError
 from ..types import ChatRequest, Completion
 
-__all__ = [
-    "AsyncGeneratorProvider",
-    "HttpErrors",
-    "ProviderModelMixin",
-    "StreamInfo",
-    "completion",
-    "parse_duration",
-    "parse_retry_after",
-    "read_body",
-    "response_error",
-    "retry_after_from",
-    "split_lines",
-    "status_error",
-    "timeout_error",
-]
+__all__ = ["AsyncGeneratorProvider", "ProviderModelMixin", "StreamInfo"]
 
 DEFAULT_TIMEOUT = 120.0
+
+Generate = Callable[..., AsyncGenerator[str, None]]
 
 
 @dataclass(slots=True)
 class StreamInfo:
-    """What a provider learned about one response besides its text."""
+    """What a provider learned about one response besides its text.
+
+    :meth:`AsyncGeneratorProvider.complete` passes one as the ``info`` keyword argument
+    of ``create_async_generator``, which fills what it knows.
+    """
 
     http_status: int | None = None
     garbage_lines: int = 0
@@ -61,11 +51,124 @@ class StreamInfo:
 
 
 class ProviderModelMixin:
-    """Model names a provider serves, with aliases."""
+    """gpt4free's name for the model attributes, kept so its class lines still work.
 
+    ``default_model``, ``models``, ``model_aliases`` and ``get_model`` now live on
+    :class:`AsyncGeneratorProvider` itself; subclassing this as well adds nothing.
+    """
+
+
+class _CreateAsyncGenerator:
+    """Makes a provider's ``create_async_generator`` callable on its class or an instance.
+
+    On an instance with an open session (inside ``async with``) it is the provider's own
+    method, with nothing in between. On an instance without one, the call opens and
+    closes a session around itself; on the class, it makes a provider for the call.
+    """
+
+    def __init__(self, func: Generate) -> None:
+        self.func = func
+        self.__doc__ = func.__doc__
+        self.__wrapped__ = func
+
+    def __get__(
+        self, instance: AsyncGeneratorProvider | None, owner: type[AsyncGeneratorProvider]
+    ) -> Generate:
+        if instance is None:
+            return functools.partial(_call_on_class, owner, self.func)
+        if instance._session is not None:
+            return MethodType(self.func, instance)
+        return functools.partial(_call_outside, instance, self.func)
+
+
+async def _call_outside(
+    provider: AsyncGeneratorProvider, func: Generate, /, *args: Any, **kwargs: Any
+) -> AsyncGenerator[str, None]:
+    async with provider, aclosing(func(provider, *args, **kwargs)) as stream:
+        async for chunk in stream:
+            yield chunk
+
+
+async def _call_on_class(
+    cls: type[AsyncGeneratorProvider], func: Generate, /, *args: Any, **kwargs: Any
+) -> AsyncGenerator[str, None]:
+    async with cls() as provider, aclosing(func(provider, *args, **kwargs)) as stream:
+        async for chunk in stream:
+            yield chunk
+
+
+class AsyncGeneratorProvider:
+    """Base class of providers: an async resource owning one ``aiohttp.ClientSession``.
+
+    Args:
+        model: the model of calls that name none (default: :attr:`default_model`).
+        base_url: API base address; each provider has a default.
+        proxy: proxy URL passed to aiohttp for every request.
+        session: an open session to use instead of creating one (the caller closes it).
+        concurrency: requests the caller will have in flight; sizes the connection pool.
+        timeout: seconds one attempt may take, from sending to the last chunk.
+        api_key: the credential, for providers with an :attr:`api_key_env` (never shown).
+        stream: ask for a streamed answer (where :attr:`can_disable_stream`).
+
+    Raises:
+        UnknownModelError: ``model`` is not one the provider lists.
+    """
+
+    name: ClassVar[str] = ""
+    url: ClassVar[str] = ""
+    working: ClassVar[bool] = True
     default_model: ClassVar[str] = ""
+    #: the models served; empty: whatever the server serves
     models: ClassVar[Sequence[str]] = ()
     model_aliases: ClassVar[Mapping[str, str]] = {}
+    #: environment variable that holds the API key, for providers that take one
+    api_key_env: ClassVar[str | None] = None
+    #: request options (``--temperature`` and the like) the provider sends
+    sampling_options: ClassVar[frozenset[str]] = frozenset()
+    #: whether ``--no-stream`` (one plain JSON answer) is possible
+    can_disable_stream: ClassVar[bool] = False
+    #: the provider's own ``create_async_generator``, unwrapped (set for each subclass)
+    _generate: ClassVar[Generate]
+
+    def __init__(
+        self,
+        *,
+        model: str | None = None,
+        base_url: str | None = None,
+        proxy: str | None = None,
+        session: aiohttp.ClientSession | None = None,
+        concurrency: int = 16,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        api_key: str | None = None,
+        stream: bool = True,
+    ) -> None:
+        self.model = self.get_model(model)
+        self.base_url = (base_url or self.url).rstrip("/")
+        self._api_key = api_key
+        self.stream = stream
+        self.proxy = proxy
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self._session = session
+        self._owns_session = session is None
+        self._users = 0
+        self.request_timeout = aiohttp.ClientTimeout(total=timeout)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("create_async_generator")
+        if own is None or isinstance(own, _CreateAsyncGenerator):
+            return
+        if not isinstance(own, FunctionType):  # gpt4free's is a classmethod
+            raise TypeError(
+                f"{cls.__qualname__}.create_async_generator must be a plain method"
+                " (an async generator taking self), not a classmethod or staticmethod"
+            )
+        cls._generate = own
+        type.__setattr__(cls, "create_async_generator", _CreateAsyncGenerator(own))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r})"
 
     @classmethod
     def get_model(cls, model: str | None = None) -> str:
@@ -81,62 +184,17 @@ class ProviderModelMixin:
             raise UnknownModelError(model, [*cls.models, *cls.model_aliases])
         return model
 
-
-class AsyncGeneratorProvider:
-    """Base class of providers: an async resource owning one ``aiohttp.ClientSession``.
-
-    Args:
-        base_url: API base address; each provider has a default.
-        proxy: proxy URL passed to aiohttp for every request.
-        session: an open session to use instead of creating one (the caller closes it).
-        concurrency: requests the caller will have in flight; sizes the connection pool.
-        timeout: seconds one attempt may take, from sending to the last chunk.
-        api_key: the credential, for providers with an :attr:`api_key_env` (never shown).
-        stream: ask for a streamed answer (where :attr:`can_disable_stream`).
-    """
-
-    name: ClassVar[str] = ""
-    url: ClassVar[str] = ""
-    working: ClassVar[bool] = True
-    #: environment variable that holds the API key, for providers that take one
-    api_key_env: ClassVar[str | None] = None
-    #: request options (``--temperature`` and the like) the provider sends
-    sampling_options: ClassVar[frozenset[str]] = frozenset()
-    #: whether ``--no-stream`` (one plain JSON answer) is possible
-    can_disable_stream: ClassVar[bool] = False
-
-    def __init__(
-        self,
-        *,
-        base_url: str | None = None,
-        proxy: str | None = None,
-        session: aiohttp.ClientSession | None = None,
-        concurrency: int = 16,
-        timeout: float | None = DEFAULT_TIMEOUT,
-        api_key: str | None = None,
-        stream: bool = True,
-    ) -> None:
-        self.base_url = (base_url or self.url).rstrip("/")
-        self._api_key = api_key
-        self.stream = stream
-        self.proxy = proxy
-        self.concurrency = concurrency
-        self.timeout = timeout
-        self._session = session
-        self._owns_session = session is None
-        self.request_timeout = aiohttp.ClientTimeout(total=timeout)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(base_url={self.base_url!r})"
-
     @property
     def session(self) -> aiohttp.ClientSession:
-        """The open HTTP session."""
+        """The open HTTP session (during a call, or inside ``async with``)."""
         if self._session is None:
             raise RuntimeError(f"use 'async with {type(self).__name__}(...)' before sending")
         return self._session
 
     async def __aenter__(self) -> Self:
+        # Counted, so that calls made outside `async with` can share one session while
+        # they overlap, and nesting is harmless: the last one out closes it.
+        self._users += 1
         if self._session is None:
             connector = aiohttp.TCPConnector(
                 limit=max(self.concurrency, 1), limit_per_host=0, ttl_dns_cache=300
@@ -152,9 +210,10 @@ class AsyncGeneratorProvider:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+        self._users = max(self._users - 1, 0)
+        if self._users == 0 and self._owns_session and self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
 
     @property
     def stats(self) -> dict[str, int]:
@@ -174,10 +233,19 @@ class AsyncGeneratorProvider:
     ) -> AsyncGenerator[str, None]:
         """Yield the answer to ``messages`` as text chunks: the one method to implement.
 
+        Args:
+            model: the model asked for; empty for the provider's (see :meth:`get_model`).
+            messages: the conversation, ``{"role", "content"}`` mappings.
+            proxy: a proxy for this call (else :attr:`proxy`).
+            **kwargs: the request options the provider declares in
+                :attr:`sampling_options`, and ``info``, a :class:`StreamInfo` to fill.
+
         Raises:
             ProviderError: a subclass saying whether retrying can help.
         """
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not implement it")
+
+    _generate = create_async_generator
 
     async def complete(self, request: ChatRequest) -> Completion:
         """Send ``request`` once and return the whole answer.
@@ -188,196 +256,40 @@ class AsyncGeneratorProvider:
 
         Raises:
             TransientError: an empty answer.
-            ProviderError: whatever :meth:`create_async_generator` raised.
+            ProviderError: whatever ``create_async_generator`` raised.
         """
         info = StreamInfo()
+        options = dict(request.options)
+        if self._session is not None or not self._owns_session:
+            # The engine's hot path: the provider's own generator, nothing in between.
+            # It always runs to its end or raises, so it needs no aclosing.
+            stream = self._generate(request.model, request.message_dicts, info=info, **options)
+        else:  # outside `async with`: a session for this call
+            stream = _call_outside(
+                self,
+                type(self)._generate,
+                request.model,
+                request.message_dicts,
+                info=info,
+                **options,
+            )
         chunks: list[str] = []
         ttfb: float | None = None
         start = time.perf_counter()
-        options: dict[str, Any] = dict(request.options)
-        stream = self.create_async_generator(
-            request.model, request.message_dicts, info=info, **options
+        async for chunk in stream:
+            if ttfb is None:
+                ttfb = (time.perf_counter() - start) * 1000.0
+            chunks.append(chunk)
+        text = "".join(chunks)
+        if not text:
+            detail = f" ({info.garbage_lines} undecodable lines)" if info.garbage_lines else ""
+            raise TransientError(f"empty answer{detail}", http_status=info.http_status)
+        return Completion(
+            text=text,
+            ttfb_ms=ttfb,
+            http_status=info.http_status,
+            garbage_lines=info.garbage_lines,
+            prompt_tokens=info.prompt_tokens,
+            completion_tokens=info.completion_tokens,
+            finish_reason=info.finish_reason,
         )
-        async with aclosing(stream):
-            async for chunk in stream:
-                if ttfb is None:
-                    ttfb = (time.perf_counter() - start) * 1000.0
-                chunks.append(chunk)
-        return completion(chunks, ttfb, info)
-
-
-def completion(chunks: list[str], ttfb_ms: float | None, info: StreamInfo) -> Completion:
-    """The answer made of ``chunks``.
-
-    Raises:
-        TransientError: the answer is empty (a stream of blanks or garbage is no answer).
-    """
-    text = "".join(chunks)
-    if not text:
-        detail = f" ({info.garbage_lines} undecodable lines)" if info.garbage_lines else ""
-        raise TransientError(f"empty answer{detail}", http_status=info.http_status)
-    return Completion(
-        text=text,
-        ttfb_ms=ttfb_ms,
-        http_status=info.http_status,
-        garbage_lines=info.garbage_lines,
-        prompt_tokens=info.prompt_tokens,
-        completion_tokens=info.completion_tokens,
-        finish_reason=info.finish_reason,
-    )
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Read a ``Retry-After`` header: seconds, or an HTTP date; ``None`` if absent or bad."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return max(seconds, 0.0) if math.isfinite(seconds) else None
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(when.timestamp() - time.time(), 0.0)
-
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(value: str | None) -> float | None:
-    """Read a duration such as ``20ms``, ``1.5s`` or ``6m0s`` (OpenAI's reset headers)."""
-    if not value:
-        return None
-    parts = _DURATION.findall(value.strip())
-    if not parts or "".join(n + u for n, u in parts) != value.strip():
-        return None
-    seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
-    return seconds if math.isfinite(seconds) else None
-
-
-def retry_after_from(headers: Mapping[str, str]) -> float | None:
-    """How long a 429 asks us to wait.
-
-    ``Retry-After`` (seconds or a date), else ``retry-after-ms``, else the later of the
-    ``x-ratelimit-reset-requests`` and ``x-ratelimit-reset-tokens`` durations.
-    """
-    seconds = parse_retry_after(headers.get("Retry-After"))
-    if seconds is not None:
-        return seconds
-    millis = parse_retry_after(headers.get("retry-after-ms"))
-    if millis is not None:
-        return millis / 1000.0
-    resets = [
-        parse_duration(headers.get(f"x-ratelimit-reset-{kind}")) for kind in ("requests", "tokens")
-    ]
-    known = [r for r in resets if r is not None]
-    return max(known) if known else None
-
-
-def status_error(
-    status: int,
-    detail: str,
-    *,
-    retry_after: float | None = None,
-    auth_error: type[ProviderError] = TokenRejected,
-) -> ProviderError:
-    """Translate an HTTP error status into the exception that says whether to retry.
-
-    ``auth_error`` is what 401 and 403 mean for the provider: a token to replace
-    (AiChatOnline), or credentials that no retry will fix (:class:`Unauthorized`).
-    """
-    message = f"HTTP {status}: {detail}" if detail else f"HTTP {status}"
-    if status == 429:
-        return RateLimited(message, retry_after=retry_after, http_status=status)
-    if status in (401, 403):
-        return auth_error(message, http_status=status)
-    if status >= 500 or status == 408:
-        return TransientError(message, http_status=status)
-    return PermanentError(message, http_status=status)
-
-
-async def response_error(
-    response: aiohttp.ClientResponse,
-    what: str,
-    *,
-    secret: str | None = None,
-    auth_error: type[ProviderError] = TokenRejected,
-) -> ProviderError:
-    """Build the error for a failed ``response``, quoting the start of its body.
-
-    ``secret`` (a token the request carried) is blanked out of the quote, in case the
-    server echoes it back.
-    """
-    try:
-        body = (await response.text(errors="replace")).strip()
-    except (aiohttp.ClientError, TimeoutError):
-        body = ""
-    if secret:
-        body = body.replace(secret, "***")
-    detail = f"{what} failed" + (f": {body[:200]}" if body else "")
-    return status_error(
-        response.status,
-        detail,
-        retry_after=retry_after_from(response.headers),
-        auth_error=auth_error,
-    )
-
-
-def split_lines(pending: bytes, data: bytes) -> tuple[list[bytes], bytes]:
-    """Split what arrived of a streamed body into whole lines and the unfinished rest.
-
-    aiohttp's own line reader refuses lines over 512 KiB; this takes whatever arrives in
-    whole chunks and has no limit but memory.
-    """
-    if b"\n" not in data:
-        return [], pending + data
-    lines = (pending + data).split(b"\n")
-    return lines, lines.pop()
-
-
-async def read_body(response: aiohttp.ClientResponse) -> tuple[bytes, float]:
-    """A response's whole body, and the ``perf_counter`` time its first bytes came."""
-    first = await response.content.readany()
-    first_at = time.perf_counter()
-    return first + await response.content.read(), first_at
-
-
-def timeout_error(timeout: float | None, http_status: int | None) -> TransientError:
-    """The error for an attempt that ran past ``--timeout``."""
-    return TransientError(
-        f"no complete answer within {timeout:g} s (--timeout)", http_status=http_status
-    )
-
-
-class HttpErrors:
-    """Translates aiohttp's and the clock's errors during one request into ours.
-
-    The one place foreign errors become :mod:`aibatch.errors` types; wrap the sending
-    and the reading of a request in ``with HttpErrors(timeout, info):``.
-    """
-
-    __slots__ = ("info", "timeout")
-
-    def __init__(self, timeout: float | None, info: StreamInfo) -> None:
-        self.timeout = timeout
-        self.info = info
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
-    ) -> None:
-        status = self.info.http_status
-        if isinstance(exc, TimeoutError):  # before ClientError: ServerTimeoutError is both
-            raise timeout_error(self.timeout, status) from exc
-        if isinstance(exc, aiohttp.ClientPayloadError):
-            raise TransientError("stream cut before it ended", http_status=status) from exc
-        if isinstance(exc, aiohttp.ClientError):
-            raise TransientError(
-                f"connection failed: {type(exc).__name__}: {exc}", http_status=status
-            ) from exc

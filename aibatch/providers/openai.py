@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar
 
 import aiohttp
@@ -31,17 +29,9 @@ from ..errors import (
     TransientError,
     Unauthorized,
 )
-from ..types import ChatRequest, Completion
-from .base import (
-    AsyncGeneratorProvider,
-    HttpErrors,
-    ProviderModelMixin,
-    StreamInfo,
-    completion,
-    read_body,
-    response_error,
-    split_lines,
-)
+from ..types import ChatRequest
+from ._http import HTTP_ERRORS, LineSplitter, http_error, response_error
+from .base import AsyncGeneratorProvider, ProviderModelMixin, StreamInfo
 
 log = logging.getLogger(__name__)
 
@@ -53,46 +43,48 @@ _DONE = object()
 class SseParser:
     """Turns a chat-completions event stream, fed in pieces, into text deltas.
 
-    Fills ``info`` with the finish reason and usage as they arrive, counts data that is
-    not JSON as garbage, and raises the mapped error for an ``error`` event.
+    Lines end at CR, LF or CRLF, and a field's value loses one leading space, as the
+    Server-Sent Events format says. Fills ``info`` with the finish reason and usage as
+    they arrive, counts data that is not JSON as garbage, and raises the mapped error
+    for an ``error`` event.
     """
 
-    __slots__ = ("_data", "_pending", "done", "info", "secret")
+    __slots__ = ("_data", "_lines", "done", "info", "secret")
 
     def __init__(self, info: StreamInfo, *, secret: str | None = None) -> None:
         self.info = info
         self.secret = secret
-        self._pending = b""
+        self._lines = LineSplitter()
         self._data: list[bytes] = []
         self.done = False
 
     def feed(self, data: bytes) -> list[str]:
         """Take the next piece of the body; return the text deltas it completed."""
-        lines, self._pending = split_lines(self._pending, data)
-        return self._lines(lines)
+        return self._read(self._lines.feed(data))
 
     def close(self) -> list[str]:
         """End of body: take what is left, including an event without its blank line."""
-        texts = self._lines([self._pending, b""])
-        self._pending = b""
-        return texts
+        return self._read([*self._lines.close(), b""])
 
-    def _lines(self, lines: list[bytes]) -> list[str]:
+    def _read(self, lines: list[bytes]) -> list[str]:
         texts: list[str] = []
-        for raw in lines:
-            line = raw.rstrip(b"\r")
+        for line in lines:
             if not line:  # a blank line ends an event
                 if self._data:
                     text = self._event(b"\n".join(self._data))
                     self._data = []
                     if text:
                         texts.append(text)
-            elif line.startswith(b"data:"):
-                self._data.append(line[5:].lstrip(b" "))
+                continue
+            name, _, value = line.partition(b":")
             # comments (":...") and other fields (event:, id:, retry:) carry no text
+            if name == b"data":
+                self._data.append(value[1:] if value[:1] == b" " else value)
         return texts
 
     def _event(self, data: bytes) -> str | None:
+        if not data:  # an event whose data is empty is no event
+            return None
         if data == b"[DONE]":
             self.done = True
             return None
@@ -203,21 +195,6 @@ class OpenAIChat(AsyncGeneratorProvider, ProviderModelMixin):
             body["stream_options"] = {"include_usage": True}
         return json.dumps(body, ensure_ascii=False).encode()
 
-    def _post(
-        self, body: bytes, proxy: str | None
-    ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
-        """Send one chat-completions request: the only place that does."""
-        return self.session.post(
-            self._url, data=body, headers=self._headers, proxy=proxy, timeout=self.request_timeout
-        )
-
-    async def _check(self, response: aiohttp.ClientResponse, info: StreamInfo) -> None:
-        info.http_status = response.status
-        if response.status >= 400:
-            raise await response_error(
-                response, "chat completion", secret=self._api_key, auth_error=Unauthorized
-            )
-
     async def create_async_generator(
         self,
         model: str,
@@ -225,10 +202,13 @@ class OpenAIChat(AsyncGeneratorProvider, ProviderModelMixin):
         proxy: str | None = None,
         **kwargs: Any,
     ) -> AsyncGenerator[str, None]:
-        """Yield the answer's text as it arrives.
+        """Yield the answer's text as it arrives (once, whole, without ``stream``).
+
+        The one request path: :meth:`complete` and every way of calling this (see
+        :mod:`aibatch.providers.base`) come through here.
 
         Args:
-            model: the model name the server knows.
+            model: the model name the server knows; empty for the instance's ``model``.
             messages: the conversation, roles kept.
             proxy: overrides the instance's proxy for this call.
             **kwargs: sampling options, and ``info``, a :class:`StreamInfo` to fill.
@@ -237,46 +217,36 @@ class OpenAIChat(AsyncGeneratorProvider, ProviderModelMixin):
             ProviderError: a subclass saying whether retrying can help.
         """
         info: StreamInfo = kwargs.pop("info", None) or StreamInfo()
-        body = self._body(self.get_model(model), messages, kwargs)
-        with HttpErrors(self.timeout, info):
-            async with self._post(body, proxy or self.proxy) as response:
-                await self._check(response, info)
-                if not self.stream:
-                    text = read_event(
-                        await _json(response, info), info, delta=False, secret=self._api_key
+        body = self._body(self.get_model(model or self.model), messages, kwargs)
+        parser = SseParser(info, secret=self._api_key)
+        try:
+            async with self.session.post(
+                self._url,
+                data=body,
+                headers=self._headers,
+                proxy=proxy or self.proxy,
+                timeout=self.request_timeout,
+            ) as response:
+                info.http_status = response.status
+                if response.status >= 400:
+                    raise await response_error(
+                        response, "chat completion", secret=self._api_key, auth_error=Unauthorized
                     )
+                if not self.stream:
+                    answer = await _json(response, info)
+                    text = read_event(answer, info, delta=False, secret=self._api_key)
                     if text:
                         yield text
                     return
-                parser = SseParser(info, secret=self._api_key)
-                async for data in response.content.iter_any():
+                # readany() until b"" is iter_any() without its iterator's cost per piece
+                while data := await response.content.readany():
                     for text in parser.feed(data):
                         yield text
-                for text in parser.close():
-                    yield text
-                _check_done(parser, info)
-
-    async def complete(self, request: ChatRequest) -> Completion:
-        """Send ``request`` once and return the whole answer (body read in one go)."""
-        info = StreamInfo()
-        body = self._body(
-            self.get_model(request.model), request.message_dicts, dict(request.options)
-        )
-        start = time.perf_counter()
-        with HttpErrors(self.timeout, info):
-            async with self._post(body, self.proxy) as response:
-                await self._check(response, info)
-                if not self.stream:
-                    text = read_event(
-                        await _json(response, info), info, delta=False, secret=self._api_key
-                    )
-                    ttfb = (time.perf_counter() - start) * 1000.0
-                    return completion([text] if text else [], ttfb, info)
-                body, first_at = await read_body(response)
-        parser = SseParser(info, secret=self._api_key)
-        texts = parser.feed(body) + parser.close()
+        except HTTP_ERRORS as exc:
+            raise http_error(exc, self.timeout, info.http_status) from exc
+        for text in parser.close():
+            yield text
         _check_done(parser, info)
-        return completion(texts, (first_at - start) * 1000.0, info)
 
 
 async def _json(response: aiohttp.ClientResponse, info: StreamInfo) -> dict[str, Any]:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import anyio
 
+from ..errors import UsageError
+
 log = logging.getLogger(__name__)
 
 __all__ = ["Token", "TokenManager"]
@@ -50,6 +52,9 @@ class TokenManager:
         max_age: replace a token after this many seconds (``None``: never).
         pool_size: number of tokens to spread requests over.
         clock: monotonic clock, injectable for tests.
+
+    Raises:
+        UsageError: a bound out of range.
     """
 
     def __init__(
@@ -62,11 +67,11 @@ class TokenManager:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if pool_size < 1:
-            raise ValueError("pool_size must be at least 1")
+            raise UsageError("token_pool must be at least 1")
         if max_uses is not None and max_uses < 1:
-            raise ValueError("max_uses must be at least 1")
+            raise UsageError("token_max_uses must be at least 1")
         if max_age is not None and max_age <= 0:
-            raise ValueError("max_age must be positive")
+            raise UsageError("token_max_age must be positive")
         self._fetch = fetch
         self._max_uses = max_uses
         self._max_age = max_age

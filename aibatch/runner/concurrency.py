@@ -12,6 +12,8 @@ just under the service's limit, with few 429s.
 
 from __future__ import annotations
 
+from ..errors import UsageError
+
 __all__ = ["AdaptiveLimit"]
 
 
@@ -23,15 +25,18 @@ class AdaptiveLimit:
         start: the limit to begin with.
         floor: never below this.
         decrease: the factor of a cut.
+
+    Raises:
+        UsageError: bounds out of order, or ``decrease`` not between 0 and 1.
     """
 
     def __init__(
         self, ceiling: int, *, start: int = 4, floor: int = 1, decrease: float = 0.9
     ) -> None:
         if not 1 <= floor <= ceiling:
-            raise ValueError("need 1 <= floor <= ceiling")
+            raise UsageError("need 1 <= floor <= ceiling")
         if not 0 < decrease < 1:
-            raise ValueError("decrease must lie between 0 and 1")
+            raise UsageError("decrease must lie between 0 and 1")
         self.ceiling = ceiling
         self.floor = floor
         self.decrease = decrease

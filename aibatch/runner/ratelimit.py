@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
+from ..errors import UsageError
+
 __all__ = ["RateLimiter"]
 
 
@@ -17,6 +19,9 @@ class RateLimiter:
         rps: request starts per second.
         clock: monotonic clock, injectable for tests.
         sleep: sleep function, injectable for tests.
+
+    Raises:
+        UsageError: ``rps`` is not positive.
     """
 
     def __init__(
@@ -27,7 +32,7 @@ class RateLimiter:
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
         if rps <= 0:
-            raise ValueError("rps must be positive")
+            raise UsageError("rps must be positive")
         self.interval = 1.0 / rps
         self._clock = clock
         self._sleep = sleep

@@ -36,13 +36,18 @@ class Attempted(Generic[T]):
 def wait_before_retry(
     policy: RetryPolicy, retry: int, error: ProviderError, rand: Callable[[], float]
 ) -> float:
-    """Seconds to wait before retry number ``retry`` after ``error``."""
+    """Seconds to wait before retry number ``retry`` after ``error``.
+
+    The backoff, or what a 429's ``Retry-After`` asks if that is longer, plus up to
+    ``wait_jitter`` random seconds: rows limited together then do not all come back
+    at the same instant and get limited together again.
+    """
     if isinstance(error, TokenRejected):
         return 0.0  # the provider already fetched a fresh token
-    wait = policy.backoff(retry) + policy.wait_jitter * rand()
+    wait = policy.backoff(retry)
     if isinstance(error, RateLimited) and error.retry_after is not None:
         wait = max(wait, error.retry_after)
-    return wait
+    return wait + policy.wait_jitter * rand()
 
 
 async def call_with_retries(

@@ -25,12 +25,8 @@ from aibatch.errors import (
     TransientError,
     Unauthorized,
 )
-from aibatch.providers.base import (
-    StreamInfo,
-    parse_duration,
-    retry_after_from,
-    status_error,
-)
+from aibatch.providers._http import parse_duration, retry_after_from, status_error
+from aibatch.providers.base import StreamInfo
 from aibatch.providers.openai import OpenAIChat, SseParser, event_error, read_event
 from aibatch.types import ChatRequest, Completion, Message
 from tests.providers.compat import CompatResponse

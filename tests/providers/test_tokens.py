@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from aibatch.errors import TransientError
+from aibatch.errors import TransientError, UsageError
 from aibatch.providers.tokens import Token, TokenManager
 
 CALLERS = 50
@@ -277,8 +277,8 @@ async def test_a_caller_cancelled_while_fetching_lets_the_next_caller_fetch():
     "kwargs",
     [{"pool_size": 0}, {"max_uses": 0}, {"max_age": 0.0}, {"max_age": -1.0}],
 )
-def test_out_of_range_settings_are_refused(kwargs):
-    with pytest.raises(ValueError):
+def test_out_of_range_settings_are_refused_as_usage_errors(kwargs):
+    with pytest.raises(UsageError):
         TokenManager(FakeTokenSource(), **kwargs)
 
 

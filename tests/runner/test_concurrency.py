@@ -12,6 +12,7 @@ from itertools import pairwise
 
 import pytest
 
+from aibatch.errors import UsageError
 from aibatch.runner.concurrency import AdaptiveLimit
 
 OK = "ok"
@@ -186,8 +187,8 @@ def test_the_start_is_kept_between_the_floor_and_the_ceiling(options, current):
         {"ceiling": 4, "decrease": 1.5},
     ],
 )
-def test_bounds_that_make_no_sense_are_refused(options):
-    with pytest.raises(ValueError):
+def test_bounds_that_make_no_sense_are_refused_as_usage_errors(options):
+    with pytest.raises(UsageError):
         AdaptiveLimit(**options)
 
 

@@ -13,6 +13,7 @@ from aibatch.errors import (
     RateLimited,
     TokenRejected,
     TransientError,
+    UsageError,
 )
 from aibatch.jobs.spec import RetryPolicy
 from aibatch.runner.ratelimit import RateLimiter
@@ -213,6 +214,26 @@ async def test_rate_limited_waits_the_backoff_when_retry_after_is_shorter():
     assert waits == [0.5 + 0.5, 1.0 + 0.5]
 
 
+async def test_rate_limited_adds_jitter_on_top_of_retry_after():
+    script = Script(RateLimited("429", retry_after=7.0), RateLimited("429", retry_after=7.0))
+
+    _, waits = await run(script, rand=iter([1.0, 0.25]).__next__)
+
+    assert waits == pytest.approx([7.0 + 0.5, 7.0 + 0.125])
+
+
+def test_rows_limited_together_retry_at_different_instants():
+    policy = RetryPolicy(attempts=2, wait_jitter=2.0)
+    errors = [RateLimited("429", retry_after=3.0) for _ in range(20)]
+    rand = iter([i / 20 for i in range(20)]).__next__
+
+    waits = [wait_before_retry(policy, 1, error, rand) for error in errors]
+
+    assert len(set(waits)) == 20
+    assert min(waits) >= 3.0
+    assert max(waits) <= 3.0 + 2.0
+
+
 async def test_rate_limited_without_retry_after_waits_the_backoff():
     _, waits = await run(Script(RateLimited("429")))
 
@@ -295,6 +316,6 @@ def test_the_interval_is_one_over_rps():
 
 
 @pytest.mark.parametrize("rps", [0, -1.0])
-def test_a_rate_that_is_not_positive_is_refused(rps):
-    with pytest.raises(ValueError, match="positive"):
+def test_a_rate_that_is_not_positive_is_refused_as_a_usage_error(rps):
+    with pytest.raises(UsageError, match="positive"):
         RateLimiter(rps)
