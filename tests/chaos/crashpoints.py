@@ -1,37 +1,46 @@
 """Deterministic crash points for a real ``aibatch`` child process, without patching aibatch.
 
-The child runs ``python -c BOOTSTRAP run ...``. BOOTSTRAP wraps three standard library
+The child runs ``python -c BOOTSTRAP run ...``. BOOTSTRAP wraps four standard library
 functions that aibatch calls at the moments that matter, then hands over to the real
-CLI. On the N-th matching call it either kills its own process with SIGKILL (after
-writing a marker file naming where it died, as evidence) or raises ENOSPC, as a full
-disk would:
+CLI. On the N-th matching call it kills its own process with SIGKILL (after writing a
+marker file naming where it died, as evidence), raises ENOSPC, as a full disk would, or
+pauses until the test lets it go on:
 
 - ``csv.reader`` rows: ``reading`` (the scan of the input, before anything is sent);
 - ``os.fsync`` of a checkpoint part's temp file (``part-fsync``), of the parts folder
   (``parts-dir-fsync``) or of the output's temp file ``.NAME.PID.tmp`` (``output-fsync``);
 - ``os.replace`` of a part's temp file into place (``part-replace``) or of the output's
-  (``output-replace``).
+  (``output-replace``);
+- ``os.open`` creating the output's temp file (``output-open``): every row is stored and
+  the output is about to be written.
 
 ``CHAOS_WHEN`` says whether to strike ``before`` or ``after`` the real call. With
 ``CHAOS_ACTION=enospc`` every matching call from the N-th on fails: the disk stays full
-until the test "frees space" by running again without the bootstrap.
+until the test "frees space" by running again without the bootstrap. With
+``CHAOS_ACTION=pause`` the child writes the marker, then waits (60 s at most) until the
+file ``CHAOS_RESUME`` exists: the test acts on the paused run, then creates that file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 BOOTSTRAP = r"""
-import csv, errno, os, signal, sys
+import csv, errno, os, signal, sys, time
 
 WHERE = os.environ["CHAOS_WHERE"]
 NTH = int(os.environ["CHAOS_NTH"])
 WHEN = os.environ.get("CHAOS_WHEN", "before")
 ACTION = os.environ.get("CHAOS_ACTION", "kill")
 MARKER = os.environ.get("CHAOS_MARKER")
+RESUME = os.environ.get("CHAOS_RESUME")
 seen = 0
 
 
@@ -39,9 +48,16 @@ def strike():
     if ACTION == "enospc":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     if MARKER:
-        fd = os.open(MARKER, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = real_open(MARKER, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.write(fd, f"{WHERE}:{NTH}:{WHEN}".encode())
         os.close(fd)
+    if ACTION == "pause":
+        deadline = time.monotonic() + 60
+        while not os.path.exists(RESUME):
+            if time.monotonic() > deadline:
+                os._exit(99)  # the test never let the run go on
+            time.sleep(0.001)
+        return
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -63,12 +79,16 @@ def fd_kind(fd):
         return "part-fsync"
     if name == "parts":
         return "parts-dir-fsync"
-    if name.startswith(".") and name.endswith(".tmp"):
+    if is_output_temp(name):
         return "output-fsync"
     return None
 
 
-real_fsync, real_replace, real_reader = os.fsync, os.replace, csv.reader
+real_fsync, real_replace, real_reader, real_open = os.fsync, os.replace, csv.reader, os.open
+
+
+def is_output_temp(name):
+    return name.startswith(".") and name.endswith(".tmp") and not name.endswith(".arrow.tmp")
 
 
 def fsync(fd):
@@ -84,7 +104,7 @@ def replace(src, dst, **kwargs):
     name = os.path.basename(os.fspath(src))
     kind = (
         "part-replace" if name.endswith(".arrow.tmp")
-        else "output-replace" if name.startswith(".") and name.endswith(".tmp")
+        else "output-replace" if is_output_temp(name)
         else None
     )
     hit = due(kind)
@@ -93,6 +113,17 @@ def replace(src, dst, **kwargs):
     real_replace(src, dst, **kwargs)
     if hit:
         strike()
+
+
+def open_(path, flags, *args, **kwargs):
+    creates = flags & os.O_CREAT and is_output_temp(os.path.basename(os.fspath(path)))
+    hit = due("output-open" if creates else None)
+    if hit and WHEN == "before":
+        strike()
+    fd = real_open(path, flags, *args, **kwargs)
+    if hit and WHEN == "after":
+        strike()
+    return fd
 
 
 class Reader:
@@ -113,7 +144,7 @@ class Reader:
         return record
 
 
-os.fsync, os.replace = fsync, replace
+os.fsync, os.replace, os.open = fsync, replace, open_
 csv.reader = lambda *args, **kwargs: Reader(real_reader(*args, **kwargs))
 
 sys.argv = ["aibatch", *sys.argv[1:]]
@@ -134,8 +165,11 @@ class CrashPoint:
     when: str = "before"
     action: str = "kill"
 
-    def env(self, marker: Path | None = None) -> dict[str, str]:
-        """The child's environment: :func:`child_env`, plus the crash point."""
+    def env(self, marker: Path | None = None, resume: Path | None = None) -> dict[str, str]:
+        """The child's environment: :func:`child_env`, plus the crash point.
+
+        ``resume`` is the file a paused child waits for (``action="pause"``).
+        """
         env = child_env(
             CHAOS_WHERE=self.where,
             CHAOS_NTH=str(self.nth),
@@ -144,6 +178,8 @@ class CrashPoint:
         )
         if marker is not None:
             env["CHAOS_MARKER"] = str(marker)
+        if resume is not None:
+            env["CHAOS_RESUME"] = str(resume)
         return env
 
 
@@ -159,3 +195,34 @@ def child_command(*cli_args: object, bootstrap: bool = True) -> list[str]:
     if bootstrap:
         return [sys.executable, "-c", BOOTSTRAP, *args]
     return [sys.executable, "-m", "aibatch", *args]
+
+
+@contextlib.contextmanager
+def child(
+    args: tuple[object, ...],
+    cwd: Path,
+    point: CrashPoint | None,
+    marker: Path | None = None,
+    resume: Path | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A child ``aibatch`` process, killed if the test leaves before it ended."""
+    command = child_command(*args, bootstrap=point is not None)
+    env = point.env(marker, resume) if point is not None else child_env()
+    process = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
+def wait_until(condition: Callable[[], object], process: subprocess.Popen[bytes]) -> None:
+    """Poll (bounded) until ``condition`` holds while the child is still running."""
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert process.poll() is None, "the run ended before the moment it was to be stopped"
+        assert time.monotonic() < deadline, "timed out waiting for the run"
+        time.sleep(0.002)

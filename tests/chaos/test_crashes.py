@@ -7,13 +7,11 @@ which rows were sent again.
 
 from __future__ import annotations
 
-import contextlib
 import random
 import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +30,7 @@ from .checks import (
     tally,
     write_prompts,
 )
-from .crashpoints import CrashPoint, child_command, child_env
+from .crashpoints import CrashPoint, child, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -80,33 +78,6 @@ def plan_id(seed: int) -> str:
 
 def run_args(source: Path, emu: Emulator, *extra: object) -> tuple[object, ...]:
     return ("run", source, "--base-url", emu.base_url, "--no-progress", "-c", 8, *extra)
-
-
-@contextlib.contextmanager
-def child(
-    args: tuple[object, ...], cwd: Path, point: CrashPoint | None, marker: Path | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    """A child ``aibatch`` process, killed if the test leaves before it ended."""
-    command = child_command(*args, bootstrap=point is not None)
-    env = point.env(marker) if point is not None else child_env()
-    process = subprocess.Popen(
-        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate()
-
-
-def wait_until(condition: Callable[[], object], process: subprocess.Popen[bytes]) -> None:
-    """Poll (bounded) until ``condition`` holds while the child is still running."""
-    deadline = time.monotonic() + 60
-    while not condition():
-        assert process.poll() is None, "the run ended before the moment it was to be stopped"
-        assert time.monotonic() < deadline, "timed out waiting for the run"
-        time.sleep(0.002)
 
 
 def assert_killed_in_phase(
