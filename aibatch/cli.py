@@ -34,7 +34,15 @@ from ._version import __version__
 from .console import ProgressReporter, crash_report, dry_run_text, provider_text, summary_text
 from .errors import AibatchError
 from .files import atomic_write
-from .jobs.spec import ENGINES, INPUT_FORMATS, JobSpec, RetryPolicy, load_job, parse_max_failures
+from .jobs.spec import (
+    ENGINES,
+    INPUT_FORMATS,
+    QUOTINGS,
+    JobSpec,
+    RetryPolicy,
+    load_job,
+    parse_max_failures,
+)
 from .providers.faults import PROTOCOLS, Faults
 
 EXIT_OK, EXIT_FAILED_ROWS, EXIT_USAGE, EXIT_SOFTWARE, EXIT_INTERRUPTED = 0, 1, 2, 70, 130
@@ -125,6 +133,10 @@ _run_options = _options(
     _job("-o", "--output", help="Parquet output [default: INPUT_STEM.responses.parquet]."),
     _job("--input-format", type=click.Choice(INPUT_FORMATS), help="Override the suffix."),
     _job("--encoding", help="Encoding of text input."),
+    _job("--delimiter", help="CSV/TSV field separator: a character or tab."),
+    _job("--quoting", type=click.Choice(QUOTINGS),
+         help="csv: quotes may hold separators and line breaks; none: a line is a row"
+              " [default: csv for .csv, none for .tsv]."),
     _job("--prompt-column", help="Column holding the prompt."),
     _job("--template", help='Build the prompt from columns: "Summarise: {text}".'),
     _job("--system", help="System message sent before every prompt."),

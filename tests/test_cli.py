@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import subprocess
 import sys
@@ -260,6 +261,30 @@ def test_jsonl_parquet_and_tsv_inputs_work(tmp_path: Path, live_emulator: Emulat
     assert table.column("response").to_pylist() == [answer_for(p) for p in prompts]
     if kind == "parquet":
         assert table.schema.field("n").type == pa.int64()
+
+
+def test_delimiter_and_quoting_options_reach_the_reader(tmp_path: Path, live_emulator: Emulator):
+    source = tmp_path / "in.csv"
+    source.write_text('prompt;n\n"To be" or not;1\n', encoding="utf-8")
+    options = ["--delimiter", ";", "--quoting", "none", "--base-url", live_emulator.base_url]
+
+    result = invoke("run", source, *options, "-q")
+
+    assert result.exit_code == 0, result.stderr
+    table = pq.read_table(tmp_path / "in.responses.parquet")
+    assert table.column("prompt").to_pylist() == ['"To be" or not']
+
+
+def test_gzip_compressed_stdin_is_read(tmp_path: Path, live_emulator: Emulator):
+    out = tmp_path / "out.parquet"
+    data = gzip.compress(b"prompt\nhello\n")
+
+    result = CliRunner().invoke(
+        main, ["run", "-", "-o", str(out), "--base-url", live_emulator.base_url, "-q"], input=data
+    )
+
+    assert result.exit_code == 0, result.stderr
+    assert pq.read_table(out).column("response").to_pylist() == [answer_for("hello")]
 
 
 def test_messages_column_sends_multi_turn_conversations(tmp_path: Path, live_emulator: Emulator):

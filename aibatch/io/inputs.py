@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from ..errors import InputChanged, InputError, shown
 from ..files import DIR_MODE, atomic_write
-from ..jobs.spec import INPUT_FORMATS
+from ..jobs.spec import INPUT_FORMATS, QUOTINGS
 from .raw import (
     COMPRESSION_SUFFIXES,
     READ_ERRORS,
@@ -72,7 +72,6 @@ _EXTENSIONS = {
     ".parquet": "parquet",
     ".pq": "parquet",
 }
-QUOTINGS = ("csv", "none")
 _DELIMITER_NAMES = {"\\t": "\t", "tab": "\t"}
 _CSV_FIELD_LIMIT = 2**31 - 1
 _HEAD = 4096  # bytes read on opening: a byte-order mark, what undecodable bytes may be

@@ -25,6 +25,7 @@ from ..errors import UsageError
 __all__ = [
     "ENGINES",
     "INPUT_FORMATS",
+    "QUOTINGS",
     "REQUEST_OPTIONS",
     "SAMPLING_OPTIONS",
     "JobSpec",
@@ -35,6 +36,7 @@ __all__ = [
 ]
 
 INPUT_FORMATS = ("csv", "tsv", "jsonl", "parquet")
+QUOTINGS = ("csv", "none")  # CSV quoting rules, or none: each line is a row
 ENGINES = ("local", "dask")
 
 
@@ -97,6 +99,8 @@ class JobSpec:
     output: str | None = None
     input_format: str | None = None
     encoding: str = "utf-8"
+    delimiter: str | None = None
+    quoting: str | None = None
     prompt_column: str = field(default="prompt", metadata=opt(request=True))
     template: str | None = field(default=None, metadata=opt(request=True))
     system: str | None = field(default=None, metadata=opt(request=True))
@@ -138,6 +142,16 @@ class JobSpec:
         _check(
             self.input_format is None or self.input_format in INPUT_FORMATS,
             f"unknown input format {self.input_format!r}; known: {', '.join(INPUT_FORMATS)}",
+        )
+        _check(
+            self.delimiter is None
+            or len(self.delimiter) == 1
+            or self.delimiter.lower() in ("\\t", "tab"),
+            f"delimiter takes one character (or tab), not {self.delimiter!r}",
+        )
+        _check(
+            self.quoting is None or self.quoting in QUOTINGS,
+            f"quoting takes {' or '.join(QUOTINGS)}, not {self.quoting!r}",
         )
         _check(1 <= self.concurrency <= 100_000, "concurrency must be between 1 and 100000")
         _check(self.rps is None or self.rps > 0, "rps must be positive")

@@ -168,6 +168,8 @@ def _partitions(spec: JobSpec, folder: Path, model: str) -> list[PartitionFile]:
         spec.input,
         input_format=spec.input_format,
         encoding=spec.encoding,
+        delimiter=spec.delimiter,
+        quoting=spec.quoting,
         batch_rows=spec.batch_rows,
         limit=spec.limit,
     )

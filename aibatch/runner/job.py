@@ -169,6 +169,8 @@ def _open_source(spec: JobSpec, scratch: Path | None) -> InputSource:
         path,
         input_format=fmt,
         encoding=spec.encoding,
+        delimiter=spec.delimiter,
+        quoting=spec.quoting,
         batch_rows=spec.batch_rows,
         limit=spec.limit,
         name="<stdin>" if spec.input == "-" else None,
