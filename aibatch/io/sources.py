@@ -136,7 +136,8 @@ class FileSource(InputSource):
 
     The first open records the file's :class:`Fingerprint` (identity, size, time) and
     the first read to the end the hash of its bytes; each later read compares the
-    fingerprint when it opens the file and the hash when it reaches the end.
+    fingerprint when it opens the file and the hash when it reaches the end (a read that
+    ``limit`` stops early is checked by the fingerprint only).
     """
 
     def __init__(self, path: str, **kwargs: Any) -> None:
