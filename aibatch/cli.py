@@ -331,7 +331,7 @@ def emulate(api_key_env: str | None, **options: Any) -> None:
     faults = {name: options.pop(name) for name in _FAULT_HELP}
     try:
         emulator = Emulator(**options, faults=Faults(**faults), api_key=api_key)
-    except ValueError as exc:
+    except AibatchError as exc:
         _fail(str(exc))
 
     async def serve() -> None:

@@ -112,6 +112,38 @@ def test_an_installed_plugin_is_among_the_provider_names(plugins):
     assert provider.__module__ == "myplugin"
 
 
+def test_a_plugin_without_gpt4frees_mixin_is_a_provider(plugins):
+    plugins.install(
+        "bareplugin",
+        {
+            "bareplugin": (
+                "from aibatch.providers import AsyncGeneratorProvider\n"
+                "class Bare(AsyncGeneratorProvider):\n"
+                "    name = 'bare'\n"
+                "    default_model = 'b-1'\n"
+                "    models = ('b-1',)\n"
+                "    async def create_async_generator(self, model, messages, proxy=None, **kw):\n"
+                "        yield 'bare'\n"
+            )
+        },
+        {"bare": "bareplugin:Bare"},
+    )
+
+    provider = get_provider("bare")
+
+    assert provider.get_model(None) == "b-1"
+
+
+async def test_a_plugins_create_async_generator_works_on_the_class_as_in_gpt4free(plugins):
+    plugins.shouty()
+    shouty = get_provider("myplugin")
+    messages = [{"role": "user", "content": "hello"}]
+
+    chunks = [c async for c in shouty.create_async_generator("loud-2", messages, temperature=1)]
+
+    assert chunks == ["loud-2 at 1: ", "HELLO"]
+
+
 def test_providers_lists_the_plugin_with_its_models_and_options(plugins):
     plugins.shouty()
 
@@ -242,23 +274,26 @@ BROKEN = {
     "not-a-class": (
         {"brokenplugin": "def Provider():\n    return None\n"},
         "brokenplugin:Provider",
-        "provider 'broken' (brokenplugin:Provider) must subclass AsyncGeneratorProvider"
-        " and ProviderModelMixin",
+        "provider 'broken' (brokenplugin:Provider) must subclass AsyncGeneratorProvider",
     ),
     "not-a-provider": (
         {"brokenplugin": "class Provider:\n    name = 'broken'\n"},
         "brokenplugin:Provider",
-        "must subclass AsyncGeneratorProvider and ProviderModelMixin",
+        "must subclass AsyncGeneratorProvider",
     ),
-    "without-the-mixin": (
+    "gpt4free-classmethod": (
         {
             "brokenplugin": (
                 "from aibatch.providers import AsyncGeneratorProvider\n"
-                "class Provider(AsyncGeneratorProvider):\n    name = 'broken'\n"
+                "class Provider(AsyncGeneratorProvider):\n"
+                "    name = 'broken'\n"
+                "    @classmethod\n"
+                "    async def create_async_generator(cls, model, messages, proxy=None):\n"
+                "        yield 'hi'\n"
             )
         },
         "brokenplugin:Provider",
-        "must subclass AsyncGeneratorProvider and ProviderModelMixin",
+        "cannot be loaded: Provider.create_async_generator must be a plain method",
     ),
 }
 

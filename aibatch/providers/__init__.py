@@ -1,9 +1,10 @@
 """Providers: the services aibatch sends requests to, behind one seam.
 
-A provider subclasses :class:`AsyncGeneratorProvider` (and :class:`ProviderModelMixin`)
-and implements ``create_async_generator``. Providers are found through the entry-point
-group ``aibatch.providers``; the built-in two are registered there too, and are also
-known directly so that a source checkout works without installing.
+A provider subclasses :class:`AsyncGeneratorProvider` and implements one method,
+``create_async_generator`` (see :mod:`aibatch.providers.base`). Providers are found
+through the entry-point group ``aibatch.providers``; the built-in two are registered
+there too, and are also known directly so that a source checkout works without
+installing.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from .faults import Faults
 
 if TYPE_CHECKING:
     from .aichatonline import AiChatOnline
-    from .base import AsyncGeneratorProvider, ProviderModelMixin
+    from .base import AsyncGeneratorProvider, ProviderModelMixin, StreamInfo
     from .emulator import Emulator, answer_for
     from .openai import OpenAIChat
 
@@ -30,6 +31,7 @@ __all__ = [
     "Faults",
     "OpenAIChat",
     "ProviderModelMixin",
+    "StreamInfo",
     "answer_for",
     "get_provider",
     "provider_names",
@@ -46,6 +48,7 @@ _LAZY = {
     "AiChatOnline": ".aichatonline",
     "AsyncGeneratorProvider": ".base",
     "ProviderModelMixin": ".base",
+    "StreamInfo": ".base",
     "Emulator": ".emulator",
     "answer_for": ".emulator",
     "OpenAIChat": ".openai",
@@ -81,19 +84,12 @@ def get_provider(name: str) -> type[AsyncGeneratorProvider]:
             builtin: type[AsyncGeneratorProvider] = getattr(import_module(module), attribute)
             return builtin
         raise UnknownProviderError(name, provider_names())
-    from .base import AsyncGeneratorProvider, ProviderModelMixin
+    from .base import AsyncGeneratorProvider
 
     try:
         provider = found.load()
     except Exception as exc:  # a plugin's import can fail in any way: say which and why
         raise UsageError(f"provider {name!r} ({found.value}) cannot be loaded: {exc}") from exc
-    if not (
-        isinstance(provider, type)
-        and issubclass(provider, AsyncGeneratorProvider)
-        and issubclass(provider, ProviderModelMixin)
-    ):
-        raise UsageError(
-            f"provider {name!r} ({found.value}) must subclass AsyncGeneratorProvider and"
-            " ProviderModelMixin"
-        )
+    if not (isinstance(provider, type) and issubclass(provider, AsyncGeneratorProvider)):
+        raise UsageError(f"provider {name!r} ({found.value}) must subclass AsyncGeneratorProvider")
     return provider

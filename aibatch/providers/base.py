@@ -61,9 +61,10 @@ class ProviderModelMixin:
 class _CreateAsyncGenerator:
     """Makes a provider's ``create_async_generator`` callable on its class or an instance.
 
-    On an instance with an open session (inside ``async with``) it is the provider's own
-    method, with nothing in between. On an instance without one, the call opens and
-    closes a session around itself; on the class, it makes a provider for the call.
+    Inside ``async with`` (or given a session) it is the provider's own method, with
+    nothing in between. Outside, a call keeps a session open around itself (calls that
+    overlap share one; the last to end closes it). On the class, a call makes a provider
+    of its own.
     """
 
     def __init__(self, func: Generate) -> None:
@@ -76,7 +77,7 @@ class _CreateAsyncGenerator:
     ) -> Generate:
         if instance is None:
             return functools.partial(_call_on_class, owner, self.func)
-        if instance._session is not None:
+        if instance._held():
             return MethodType(self.func, instance)
         return functools.partial(_call_outside, instance, self.func)
 
@@ -84,9 +85,13 @@ class _CreateAsyncGenerator:
 async def _call_outside(
     provider: AsyncGeneratorProvider, func: Generate, /, *args: Any, **kwargs: Any
 ) -> AsyncGenerator[str, None]:
-    async with provider, aclosing(func(provider, *args, **kwargs)) as stream:
-        async for chunk in stream:
-            yield chunk
+    provider._calls += 1
+    try:
+        async with provider, aclosing(func(provider, *args, **kwargs)) as stream:
+            async for chunk in stream:
+                yield chunk
+    finally:
+        provider._calls -= 1
 
 
 async def _call_on_class(
@@ -151,7 +156,8 @@ class AsyncGeneratorProvider:
         self.timeout = timeout
         self._session = session
         self._owns_session = session is None
-        self._users = 0
+        self._users = 0  # `async with` blocks open, the calls' own included
+        self._calls = 0  # calls made outside `async with`, in flight
         self.request_timeout = aiohttp.ClientTimeout(total=timeout)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -183,6 +189,10 @@ class AsyncGeneratorProvider:
         if cls.models and model not in cls.models:
             raise UnknownModelError(model, [*cls.models, *cls.model_aliases])
         return model
+
+    def _held(self) -> bool:
+        """Whether someone besides the calls themselves keeps the session open."""
+        return not self._owns_session or self._users > self._calls
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -260,7 +270,7 @@ class AsyncGeneratorProvider:
         """
         info = StreamInfo()
         options = dict(request.options)
-        if self._session is not None or not self._owns_session:
+        if self._held():
             # The engine's hot path: the provider's own generator, nothing in between.
             # It always runs to its end or raises, so it needs no aclosing.
             stream = self._generate(request.model, request.message_dicts, info=info, **options)

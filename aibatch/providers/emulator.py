@@ -32,6 +32,7 @@ from typing import Any
 import anyio
 from aiohttp import web
 
+from ..errors import UsageError
 from .faults import PROTOCOLS, Faults
 from .helpers import format_prompt
 
@@ -40,6 +41,9 @@ log = logging.getLogger(__name__)
 __all__ = ["PROTOCOLS", "Emulator", "Faults", "answer_for"]
 
 TOKEN_PATH = "/api/v1/user/getUniqueId"
+# A request as large as an input cell may be (CSV fields up to 2 GiB), with room for the
+# JSON around it; aiohttp's default refuses bodies over 1 MiB with 413.
+MAX_BODY = 4 * 2**30
 CHAT_PATH = "/aichatonline/api/chat/gpt"
 
 
@@ -102,6 +106,9 @@ class Emulator:
         protocol: ``"aichatonline"``, or ``"openai"`` for ``/v1/chat/completions`` (the
             prompt of a conversation is its ``format_prompt`` flattening).
         api_key: with ``"openai"``, the key every request must carry.
+
+    Raises:
+        UsageError: a negative delay, no chunks, or an unknown protocol.
     """
 
     def __init__(
@@ -118,9 +125,9 @@ class Emulator:
         api_key: str | None = None,
     ) -> None:
         if latency < 0 or chunk_delay < 0 or chunks < 1:
-            raise ValueError("latency and chunk_delay must be >= 0 and chunks >= 1")
+            raise UsageError("latency and chunk_delay must be >= 0 and chunks >= 1")
         if protocol not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}")
+            raise UsageError(f"protocol must be one of {', '.join(PROTOCOLS)}")
         self.protocol = protocol
         self.api_key = api_key
         self.host = host
@@ -143,7 +150,7 @@ class Emulator:
 
     def make_app(self) -> web.Application:
         """The aiohttp application, for running under another server."""
-        app = web.Application()
+        app = web.Application(client_max_size=MAX_BODY)
         if self.protocol == "openai":
             app.router.add_post("/v1/chat/completions", self._openai_chat)
             app.router.add_get("/v1/models", self._models)

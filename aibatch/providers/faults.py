@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import UsageError
+
 __all__ = ["PROTOCOLS", "Faults"]
 
 PROTOCOLS = ("aichatonline", "openai")
@@ -31,6 +33,9 @@ class Faults:
         max_inflight: chat requests the server takes at once (above: 429).
         max_rps: chat requests the server takes per second (above: 429).
         seed: seed of the fault draws.
+
+    Raises:
+        UsageError: a rate outside [0, 1], or rates adding up to more than 1.
     """
 
     error_rate: float = 0.0
@@ -56,4 +61,4 @@ class Faults:
             self.stall_rate,
         )
         if any(not 0.0 <= r <= 1.0 for r in rates) or sum(rates) > 1.0:
-            raise ValueError("fault rates must each lie in [0, 1] and add up to at most 1")
+            raise UsageError("fault rates must each lie in [0, 1] and add up to at most 1")

@@ -11,7 +11,7 @@ import anyio
 import pytest
 from yarl import URL
 
-from aibatch.errors import ProviderError, RateLimited, TokenRejected, TransientError
+from aibatch.errors import ProviderError, RateLimited, TokenRejected, TransientError, UsageError
 from aibatch.providers.aichatonline import AiChatOnline
 from aibatch.providers.base import StreamInfo
 from aibatch.providers.emulator import Emulator, Faults, answer_for
@@ -269,9 +269,28 @@ async def test_mixed_fault_rates_are_drawn_reproducibly_from_the_seed():
     assert set(first) == {"ok", "server_error", "rate_limited"}
 
 
-def test_fault_rates_adding_up_to_more_than_one_are_refused():
-    with pytest.raises(ValueError):
+def test_fault_rates_adding_up_to_more_than_one_are_refused_as_a_usage_error():
+    with pytest.raises(UsageError):
         Faults(error_rate=0.6, cut_rate=0.6)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"latency": -1.0}, {"chunk_delay": -0.5}, {"chunks": 0}, {"protocol": "carrier-pigeon"}],
+    ids=["latency", "chunk-delay", "chunks", "protocol"],
+)
+def test_settings_that_make_no_sense_are_refused_as_a_usage_error(options):
+    with pytest.raises(UsageError):
+        Emulator(**options)
+
+
+async def test_a_prompt_of_five_megabytes_is_answered(emulator):
+    prompt = "lorem ipsum " * (5 * 2**20 // 12 + 1)
+
+    async with AiChatOnline(base_url=emulator.base_url) as p:
+        completion = await complete(p, ask(prompt))
+
+    assert completion.text == answer_for(prompt)
 
 
 # the protocol's refusals, with raw requests

@@ -175,6 +175,52 @@ def test_crlf_line_endings_read_like_lf():
     assert whole_parser.info.prompt_tokens == 11
 
 
+def test_a_lone_cr_ends_a_line_wherever_the_body_is_split():
+    stream = sse(chunk("Hel"), chunk("lo"), chunk(finish="stop"), usage_event(), eol=b"\r")
+
+    for at in range(len(stream) + 1):
+        texts, parser = parse(stream[:at], stream[at:])
+        assert texts == ["Hel", "lo"], at
+        assert parser.done
+        assert parser.info.garbage_lines == 0
+
+
+def test_a_crlf_split_between_two_pieces_is_one_line_end():
+    # Were the CR and the LF two line ends, the blank line between them would end the
+    # event after its first data line, and each half would be garbage.
+    event = json.dumps(chunk("joined"), indent=1).encode().split(b"\n")
+    pieces = [b"data: " + line + b"\r" for line in event]
+    pieces = [pieces[0]] + [b"\n" + piece for piece in pieces[1:]] + [b"\n\r\n"]
+
+    texts, parser = parse(*pieces)
+
+    assert texts == ["joined"]
+    assert parser.info.garbage_lines == 0
+
+
+def test_lines_ending_in_a_mix_of_cr_lf_and_crlf_are_read():
+    stream = (
+        b"data: " + json.dumps(chunk("a")).encode() + b"\r\r"
+        b": comment\n\n"
+        b"data: " + json.dumps(chunk("b")).encode() + b"\n\r\n"
+        b"data: [DONE]\r\n\r"
+    )
+
+    texts, parser = parse(*split_every(stream, [1, 3]))
+
+    assert texts == ["a", "b"]
+    assert parser.done
+
+
+def test_only_one_leading_space_of_a_field_value_is_dropped():
+    # "data:  [DONE]" carries " [DONE]", which is not the end marker.
+    texts, parser = parse(b"data: " + json.dumps(chunk("x")).encode() + b"\n\ndata:  [DONE]\n\n")
+
+    assert texts == ["x"]
+    assert not parser.done
+    assert parser.info.garbage_lines == 1
+
+
 def test_comments_and_event_id_and_retry_fields_carry_no_text():
     stream = (
         b": OPENROUTER PROCESSING\n\n"
@@ -656,6 +702,15 @@ async def test_any_model_is_sent_and_none_means_the_default(server, provider, mo
     await complete(provider, request)
 
     assert server.bodies[0]["model"] == (model or "gpt-4o-mini")
+
+
+async def test_a_call_that_names_no_model_sends_the_instances(server):
+    server.answer(STREAM)
+
+    async with OpenAIChat(base_url=BASE, model="llama3") as p:
+        await complete(p, ChatRequest(messages=(Message("user", "Hi"),), model=""))
+
+    assert server.bodies[0]["model"] == "llama3"
 
 
 async def test_without_stream_the_body_asks_for_one_answer(server, plain_provider):
