@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import sys
 import textwrap
 import warnings
@@ -103,6 +104,15 @@ async def test_gpt4free_call_on_the_class_runs_verbatim(emulator):
 
     assert "".join(line.removeprefix("Response: ") for line in lines) == answer_for("Hello, world!")
     assert stderr == ""
+
+
+def test_the_readme_shows_the_seeds_form_first_then_gpt4frees():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## The provider and the emulator\n", 1)[1].split("\n## ", 1)[0]
+
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+
+    assert [block.strip() for block in blocks[:2]] == [SEED.strip(), GPT4FREE.strip()]
 
 
 # an instance outside `async with`
