@@ -106,24 +106,32 @@ class InputSource:
         """
         left = self.limit
         seen = 0
-        with contextlib.closing(self._rows()) as rows:
-            for batch in rows:
-                seen += batch.data.num_rows
-                if left is not None:
-                    if left <= 0:
+        try:
+            with contextlib.closing(self._rows()) as rows:
+                for batch in rows:
+                    seen += batch.data.num_rows
+                    if left is not None:
+                        if left <= 0:
+                            return
+                        if batch.data.num_rows > left:
+                            batch = Batch(
+                                batch.data.slice(0, left),
+                                batch.start,
+                                batch.lines[:left] if batch.lines else None,
+                            )
+                        left -= batch.data.num_rows
+                    if self.offset:
+                        batch = Batch(batch.data, batch.start, batch.lines, self.offset)
+                    yield batch
+                    if left is not None and left <= 0:
                         return
-                    if batch.data.num_rows > left:
-                        batch = Batch(
-                            batch.data.slice(0, left),
-                            batch.start,
-                            batch.lines[:left] if batch.lines else None,
-                        )
-                    left -= batch.data.num_rows
-                if self.offset:
-                    batch = Batch(batch.data, batch.start, batch.lines, self.offset)
-                yield batch
-                if left is not None and left <= 0:
-                    return
+        except InputChanged:
+            raise
+        except InputError:
+            # A file cut short or rewritten while it was read looks malformed: say what
+            # really happened.
+            self.check_unchanged()
+            raise
         if seen == 0:
             raise InputError(self.name, self._no_rows_reason())
 

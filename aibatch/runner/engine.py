@@ -171,6 +171,7 @@ class _Partition:
         self.latencies: array[float] = array("d")
         self._reader_scope = anyio.CancelScope()
         self._senders: anyio.CancelScope | None = None
+        self._read_error: InputError | None = None
         self.metadata: dict[str, Any] = {}
 
     async def run(self) -> Summary:
@@ -304,6 +305,8 @@ class _Partition:
                     for _ in range(workers):
                         senders.start_soon(self._work, jobs_out.clone(), results_in.clone())
             watcher.cancel()
+        if self._read_error is not None:
+            raise self._read_error  # only now: the answers that were in flight are stored
 
     async def _watch_stop(self, stop: anyio.Event, scope: anyio.CancelScope) -> None:
         with scope:
@@ -321,17 +324,25 @@ class _Partition:
         batches = self.source.batches()
         with self._reader_scope:
             async with jobs:
-                while True:
-                    batch = await anyio.to_thread.run_sync(next, batches, None)
-                    if batch is None:
-                        return
-                    rows = np.flatnonzero(
-                        plan.loc[batch.start : batch.start + batch.data.num_rows] == SEND
-                    )
-                    if not len(rows):
-                        continue
-                    for job in self._jobs(batch, rows, plan):
-                        await send(jobs, job)
+                try:
+                    while True:
+                        batch = await anyio.to_thread.run_sync(next, batches, None)
+                        if batch is None:
+                            return
+                        rows = np.flatnonzero(
+                            plan.loc[batch.start : batch.start + batch.data.num_rows] == SEND
+                        )
+                        if not len(rows):
+                            continue
+                        for job in self._jobs(batch, rows, plan):
+                            await send(jobs, job)
+                except InputError as exc:
+                    # The input changed: start no more requests, but let those in flight
+                    # finish and be stored (they were checked), then stop the run.
+                    self._read_error = exc
+                    self.stopping = True
+                except anyio.BrokenResourceError:
+                    return  # every worker stopped (a refused key, a full disk): theirs is the error
 
     def _jobs(self, batch: Batch, rows: np.ndarray, plan: Plan) -> list[_Job]:
         """The rows of ``batch`` at ``rows`` to send, each checked against the scan.
@@ -364,7 +375,11 @@ class _Partition:
                     job = await receive(jobs)
                 except anyio.EndOfStream:
                     return
-                await send(results, await self._send_one(job))
+                result = await self._send_one(job)
+                try:
+                    await send(results, result)
+                except anyio.BrokenResourceError:
+                    return  # the writer failed (a full disk): its error is the run's
 
     async def _send_one(self, job: _Job) -> RowResult:
         provider, limiter, rate, adaptive = self.provider, self.limiter, self.rate, self.adaptive
