@@ -24,6 +24,8 @@ from typing import IO
 
 import pyarrow as pa
 
+from ..jobs.spec import COMPRESSION_SUFFIXES
+
 __all__ = [
     "COMPRESSION_SUFFIXES",
     "READ_ERRORS",
@@ -36,13 +38,6 @@ __all__ = [
     "undecodable_hint",
 ]
 
-COMPRESSION_SUFFIXES = {
-    ".gz": "gzip",
-    ".gzip": "gzip",
-    ".zst": "zstd",
-    ".zstd": "zstd",
-    ".bz2": "bz2",
-}
 # What a damaged or cut compressed stream raises.
 READ_ERRORS = (OSError, EOFError, zlib.error, pa.ArrowException)
 _BUFFER = 1 << 20

@@ -23,6 +23,7 @@ from typing import Any
 from ..errors import UsageError
 
 __all__ = [
+    "COMPRESSION_SUFFIXES",
     "ENGINES",
     "INPUT_FORMATS",
     "QUOTINGS",
@@ -38,6 +39,14 @@ __all__ = [
 INPUT_FORMATS = ("csv", "tsv", "jsonl", "parquet")
 QUOTINGS = ("csv", "none")  # CSV quoting rules, or none: each line is a row
 ENGINES = ("local", "dask")
+# Input file suffixes that name a compression, and the codec each means.
+COMPRESSION_SUFFIXES = {
+    ".gz": "gzip",
+    ".gzip": "gzip",
+    ".zst": "zstd",
+    ".zstd": "zstd",
+    ".bz2": "bz2",
+}
 
 
 def opt(*, request: bool = False, sampling: bool = False) -> dict[str, bool]:
@@ -224,6 +233,8 @@ class JobSpec:
         if self.input == "-":
             return Path("stdin.responses.parquet")
         source = Path(self.input.rstrip("/*"))
+        if source.suffix.lower() in COMPRESSION_SUFFIXES:
+            source = source.with_suffix("")  # prompts.csv.gz -> prompts.responses.parquet
         folder = self.engine == "dask" and not self.single_file
         return source.with_name(f"{source.stem}.responses" + ("" if folder else ".parquet"))
 

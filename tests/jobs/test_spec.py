@@ -107,6 +107,11 @@ def test_output_path_is_the_output_option_when_given():
     )
 
 
+@pytest.mark.parametrize("name", ["prompts.csv.gz", "prompts.csv.zst", "prompts.csv.BZ2"])
+def test_the_default_output_of_a_compressed_input_drops_the_compression_suffix(name):
+    assert JobSpec(input=f"data/{name}").output_path() == Path("data/prompts.responses.parquet")
+
+
 def test_output_path_defaults_to_a_file_beside_the_input():
     assert JobSpec(input="data/prompts.csv").output_path() == Path("data/prompts.responses.parquet")
 
