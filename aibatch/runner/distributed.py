@@ -93,7 +93,10 @@ def run_dask_job(spec: JobSpec) -> Summary:
     partitions = _partitions(spec, folder, provider.get_model(spec.model))
     identity = _request_identity(spec)
     outputs = [folder / f"part-{p.index:05d}.parquet" for p in partitions]
-    done = [_finished(out, p, identity) for p, out in zip(partitions, outputs, strict=True)]
+    done = [
+        _finished(out, p, identity, spec.retry_failed)
+        for p, out in zip(partitions, outputs, strict=True)
+    ]
     todo = [i for i, counts in enumerate(done) if counts is None]
     log.info(
         "%d partitions: %d finished, %d to run",
@@ -193,8 +196,14 @@ def _request_identity(spec: JobSpec) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _finished(output: Path, partition: PartitionFile, identity: str) -> dict[str, Any] | None:
-    """The counts of a partition whose output is complete for these rows and options."""
+def _finished(
+    output: Path, partition: PartitionFile, identity: str, retry_failed: bool
+) -> dict[str, Any] | None:
+    """The counts of a partition whose output is complete for these rows and options.
+
+    A partition with failed rows is not finished when failed rows are to be retried:
+    its task runs again, reuses its checkpoint's answers and sends only those rows.
+    """
     if not output.exists():
         return None
     try:
@@ -205,6 +214,8 @@ def _finished(output: Path, partition: PartitionFile, identity: str) -> dict[str
     if recorded.get("digest") != partition.digest or recorded.get("identity") != identity:
         return None
     counts: dict[str, Any] = metadata.get("counts", {})
+    if retry_failed and counts.get("error", 0):
+        return None
     return counts
 
 

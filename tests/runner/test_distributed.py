@@ -18,7 +18,9 @@ import pytest
 import aibatch
 import aibatch.dask
 from aibatch.jobs.checkpoint import checkpoint_dir
+from aibatch.jobs.spec import RetryPolicy
 from aibatch.providers.emulator import answer_for
+from aibatch.providers.faults import Faults
 from tests.conftest import emulator_in_thread
 
 distributed = pytest.importorskip("distributed")
@@ -160,6 +162,31 @@ def test_a_rerun_of_a_finished_job_starts_no_task_and_sends_nothing(
         sent = emu.stats.chat_requests
         assert tasks_run(client, run) == 0
         assert emu.stats.chat_requests == sent == 3_000
+
+
+def test_a_rerun_sends_the_rows_that_failed_again_and_only_those(
+    tmp_path: Path, cluster: object
+) -> None:
+    source = write_csv(tmp_path / "in.csv", 400)
+
+    def run(emu: object, **options: object) -> aibatch.Summary:
+        return aibatch.dask.run_dataset(
+            source,
+            tmp_path / "out",
+            base_url=emu.base_url,  # type: ignore[attr-defined]
+            partition_rows=100,
+            scheduler=cluster.scheduler_address,  # type: ignore[attr-defined]
+            **options,
+        )
+
+    with emulator_in_thread(faults=Faults(error_rate=0.2, seed=3)) as flaky:
+        first = run(flaky, retry=RetryPolicy(attempts=1))
+    assert first.error > 0
+    with emulator_in_thread() as healthy:
+        second = run(healthy)
+
+    assert healthy.stats.chat_requests == first.error
+    assert (second.ok, second.error) == (400, 0)
 
 
 def test_appending_a_partition_to_a_dataset_sends_only_its_rows(
