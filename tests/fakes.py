@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import anyio
 
-from aibatch.providers.base import AsyncGeneratorProvider, ProviderModelMixin
+from aibatch.providers.base import AsyncGeneratorProvider
 from aibatch.providers.helpers import format_prompt
 from aibatch.types import ChatRequest
 
@@ -17,7 +17,7 @@ def echo(prompt: str) -> str:
     return f"echo: {prompt}"
 
 
-class ScriptedProvider(AsyncGeneratorProvider, ProviderModelMixin):
+class ScriptedProvider(AsyncGeneratorProvider):
     """Answers from a script: ``{prompt: [outcome of attempt 1, attempt 2, ...]}``.
 
     An outcome is a text to answer or an exception to raise; the last one repeats.

@@ -171,6 +171,7 @@ class AsyncGeneratorProvider:
                 " (an async generator taking self), not a classmethod or staticmethod"
             )
         cls._generate = own
+        # (type.__setattr__: the type checker will not let a method be assigned to)
         type.__setattr__(cls, "create_async_generator", _CreateAsyncGenerator(own))
 
     def __repr__(self) -> str:
