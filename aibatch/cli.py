@@ -343,3 +343,45 @@ def emulate(api_key_env: str | None, **options: Any) -> None:
                     return
 
     anyio.run(serve, backend="asyncio")
+
+
+_failed_rows = functools.partial(
+    click.option, "--failed-rows", type=click.IntRange(0), show_default=True,
+    help="How many of the first failed rows to show.",
+)  # fmt: skip
+
+
+@main.command("inspect")
+@click.argument("output")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@_failed_rows(default=10)
+def inspect_command(output: str, as_json: bool, failed_rows: int) -> None:
+    """Show what OUTPUT holds: the job, counts, errors, latency, attempts, tokens.
+
+    OUTPUT is an output file, or a Dask output folder of part-*.parquet files; it is
+    read in batches, so a file of millions of rows takes little memory.
+    """
+    from .report.inspect import inspect_output
+    from .report.text import inspection_text
+
+    inspection = inspect_output(output, failed_rows=failed_rows)
+    click.echo(inspection.to_json() if as_json else inspection_text(inspection))
+
+
+@main.command("report")
+@click.argument("output")
+@click.option("-o", "--report", "page", help="HTML file [default: OUTPUT_STEM.report.html].")
+@_failed_rows(default=100)
+def report_command(output: str, page: str | None, failed_rows: int) -> None:
+    """Write one self-contained HTML page about OUTPUT: figures, charts, failed rows.
+
+    The page loads nothing from the network. Its charts need the report extra:
+    pip install 'aibatch[report]'.
+    """
+    from .report.html import write_report
+
+    where = Path(output.rstrip("/\\") or output)
+    target = Path(page) if page else where.with_name(f"{where.stem}.report.html")
+    inspection = write_report(output, target, failed_rows=failed_rows)
+    counts = ", ".join(f"{n} {name}" for name, n in inspection.counts.items())
+    click.echo(f"{target}: {inspection.rows} rows: {counts}")
