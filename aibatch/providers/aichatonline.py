@@ -160,9 +160,43 @@ class AiChatOnline(AsyncGeneratorProvider, ProviderModelMixin):
         self.get_model(model or self.model)
         info: StreamInfo = kwargs.get("info") or StreamInfo()
         prompt = format_prompt(messages)
+        proxy = proxy or self.proxy
+        for attempt in range(self.token_retries + 1):
+            token = await self.tokens.get()
+            deltas = self._get_response(prompt, token.value, proxy, info)
+            try:
+                async for message in deltas:
+                    yield message
+                return
+            except TokenRejected:
+                # raised before any delta: the answer starts over with a fresh token
+                if not self._replace_token(token, attempt):
+                    raise
+            finally:
+                await deltas.aclose()
+
+    async def _get_response(
+        self, prompt: str, token: str, proxy: str | None, info: StreamInfo
+    ) -> AsyncGenerator[str, None]:
+        """Send the chat request (the only place that does) and yield the decoded deltas.
+
+        Raises:
+            TokenRejected: the server refused ``token`` (401/403), before any delta.
+            ProviderError: any other error status, a cut stream, a timeout.
+        """
+        body = json.dumps({"conversationId": get_random_string(), "prompt": prompt})
         lines = LineSplitter()
         try:
-            async with await self._get_response(prompt, proxy or self.proxy, info) as response:
+            async with self.session.post(
+                self._chat_url,
+                data=body.encode(),
+                headers={**self.headers, "UniqueId": token},
+                proxy=proxy,
+                timeout=self.request_timeout,
+            ) as response:
+                info.http_status = response.status
+                if response.status >= 400:
+                    raise await response_error(response, "chat request", secret=token)
                 # readany() until b"" is iter_any() without its iterator's cost per piece
                 while data := await response.content.readany():
                     for message in _messages(lines.feed(data), info):
@@ -171,39 +205,6 @@ class AiChatOnline(AsyncGeneratorProvider, ProviderModelMixin):
             raise http_error(exc, self.timeout, info.http_status) from exc
         for message in _messages(lines.close(), info):
             yield message
-
-    async def _get_response(
-        self, prompt: str, proxy: str | None, info: StreamInfo
-    ) -> aiohttp.ClientResponse:
-        """Send the chat request: the only place that does.
-
-        Returns the response once its status is known to be good. A token the server
-        rejects is replaced and the request sent again, up to :attr:`token_retries` times.
-
-        Raises:
-            TokenRejected: the last token tried was rejected too.
-            ProviderError: any other error status.
-        """
-        for attempt in range(self.token_retries + 1):
-            token = await self.tokens.get()
-            body = json.dumps({"conversationId": get_random_string(), "prompt": prompt})
-            response = await self.session.post(
-                self._chat_url,
-                data=body.encode(),
-                headers={**self.headers, "UniqueId": token.value},
-                proxy=proxy,
-                timeout=self.request_timeout,
-            )
-            info.http_status = response.status
-            if response.status < 400:
-                return response
-            try:
-                error = await response_error(response, "chat request", secret=token.value)
-            finally:
-                response.release()
-            if not isinstance(error, TokenRejected) or not self._replace_token(token, attempt):
-                raise error
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def _replace_token(self, token: Token, attempt: int) -> bool:
         """Drop a rejected token; whether another may be tried in this call."""

@@ -395,6 +395,23 @@ async def test_the_answer_is_the_deltas_joined_in_order(service, provider):
     assert info.garbage_lines == 0
 
 
+async def test_get_response_sends_with_the_given_token_and_yields_the_decoded_deltas(
+    service, provider
+):
+    # PROTOCOL.md: the one place that sends the chat request and yields the deltas;
+    # create_async_generator wraps it with the token handling (no token request here)
+    service.chat(ndjson("Hel", None, "lo"))
+    info = StreamInfo()
+
+    with anyio.fail_after(5):
+        got = [d async for d in provider._get_response("Hi", OTHER_TOKEN, None, info)]
+
+    assert got == ["Hel", "lo"]
+    assert service.token_calls == []
+    [(_, kwargs)] = service.chat_calls
+    assert kwargs["headers"]["UniqueId"] == OTHER_TOKEN
+
+
 async def test_complete_returns_the_joined_answer_and_its_status(service, provider):
     service.token()
     service.chat(ndjson("Hel", "lo, wor", "ld!"))
