@@ -81,17 +81,21 @@ def _latency(axes: Any, inspection: Inspection) -> None:
         return
     axes.stairs(counts, edges, fill=True, color=ACCENT, alpha=0.85)
     axes.set_xscale("log")
+    _counts(axes)
     axes.set_xlabel("latency, ms (log scale)")
     axes.set_ylabel("rows")
     for q, style in ((50, "-"), (99, "--")):
         value = inspection.latency.percentile(q)
         if value is not None:
             axes.axvline(value, color="#222", linestyle=style, linewidth=1, label=f"p{q}")
-    axes.legend(frameon=False)
+    _legend(axes)
 
 
 def _timeline(inspection: Inspection, bins: int = 60) -> tuple[Any, dict[str, Any], float]:
-    """The timeline in at most ``bins`` bins: seconds from its start, counts, bin width."""
+    """The timeline in at most ``bins`` bins: edges (seconds), counts per series, width.
+
+    The last bin ends when the last row finished: it may be narrower than the others.
+    """
     starts, counts = inspection.timeline.counts()
     factor = max(1, -(-len(starts) // bins))
     width = inspection.timeline.width * factor
@@ -100,22 +104,25 @@ def _timeline(inspection: Inspection, bins: int = 60) -> tuple[Any, dict[str, An
         name: np.append(values, np.zeros(pad, np.int64)).reshape(-1, factor).sum(axis=1)
         for name, values in counts.items()
     }
-    seconds = np.arange(len(starts) // factor + (pad > 0)) * width
-    return seconds, coarse, width
+    edges = np.arange(len(starts) // factor + (pad > 0) + 1) * width
+    if len(starts) and inspection.last_finished is not None:
+        end = inspection.last_finished.timestamp() - starts[0]
+        edges[-1] = min(edges[-1], max(end, edges[-2] + width / 100))
+    return edges, coarse, width
 
 
 def _throughput(axes: Any, inspection: Inspection) -> None:
-    seconds, counts, width = _timeline(inspection)
-    if not len(seconds):
+    edges, counts, _ = _timeline(inspection)
+    if len(edges) < 2:
         _empty(axes, "no finished rows")
         return
-    edges = np.append(seconds, seconds[-1] + width)
-    ok, error = counts["ok"] / width, counts["error"] / width
-    axes.stairs(ok + error, edges, fill=True, color=ERROR, label="error")
-    axes.stairs(ok, edges, fill=True, color=OK, label="ok")
+    ok, error = counts["ok"] / np.diff(edges), counts["error"] / np.diff(edges)
+    error_area = axes.stairs(ok + error, edges, fill=True, color=ERROR, label="error")
+    ok_area = axes.stairs(ok, edges, fill=True, color=OK, label="ok")
+    _counts(axes)
     axes.set_xlabel("seconds since the first row finished")
     axes.set_ylabel("rows finished per second")
-    axes.legend(frameon=False, loc="upper right")
+    _legend(axes, [ok_area, error_area])
 
 
 def _attempts(axes: Any, inspection: Inspection) -> None:
@@ -129,28 +136,38 @@ def _attempts(axes: Any, inspection: Inspection) -> None:
     axes.bar(values, ok, color=OK, label="ok")
     axes.bar(values, error, bottom=ok, color=ERROR, label="error")
     axes.set_xticks(values)
-    axes.yaxis.set_major_locator(_whole())
+    _counts(axes)
     axes.set_xlabel("requests made for the row")
     axes.set_ylabel("rows")
-    axes.legend(frameon=False)
+    _legend(axes)
 
 
 def _errors(axes: Any, inspection: Inspection) -> None:
-    seconds, counts, width = _timeline(inspection)
-    if not len(seconds) or not counts["error"].any():
+    edges, counts, width = _timeline(inspection)
+    if len(edges) < 2 or not counts["error"].any():
         _empty(axes, "no failed rows")
         return
-    axes.stairs(counts["error"], np.append(seconds, seconds[-1] + width), fill=True, color=ERROR)
-    axes.yaxis.set_major_locator(_whole())
+    axes.stairs(counts["error"], edges, fill=True, color=ERROR)
+    _counts(axes)
     axes.set_xlabel("seconds since the first row finished")
     axes.set_ylabel(f"failed rows per {_duration(width)}")
 
 
-def _whole() -> Any:
-    """Ticks at whole numbers only: an axis of row counts."""
-    from matplotlib.ticker import MaxNLocator
+def _counts(axes: Any) -> None:
+    """The y axis counts rows: whole numbers, thousands separated."""
+    from matplotlib.ticker import MaxNLocator, StrMethodFormatter
 
-    return MaxNLocator(integer=True)
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+
+
+def _legend(axes: Any, handles: list[Any] | None = None) -> None:
+    """A legend above the plot, clear of the data."""
+    where = {"loc": "lower right", "bbox_to_anchor": (1.0, 1.0), "ncols": 2, "frameon": False}
+    if handles is None:
+        axes.legend(**where)
+    else:
+        axes.legend(handles=handles, **where)
 
 
 def _duration(seconds: float) -> str:

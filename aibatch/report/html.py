@@ -122,7 +122,7 @@ def _groups(title: str, key: str, groups: Mapping[str, ErrorGroup]) -> str:
 def _failed(i: Inspection) -> str:
     error = i.counts.get("error", 0)
     if not i.failed_rows:
-        return "<h2>Failed rows</h2><p>No failed rows.</p>"
+        return '<section id="failed"><h2>Failed rows</h2><p>No failed rows.</p></section>'
     rows = [
         [
             _e(r.row),
@@ -137,7 +137,8 @@ def _failed(i: Inspection) -> str:
     ]
     head = ["row", "id", "error", "HTTP", "attempts", "message", "prompt sent"]
     shown = f"the first {len(rows):,} of {error:,}" if error > len(rows) else f"all {error:,}"
-    return f"<h2>Failed rows</h2><p class='muted'>{shown}</p>" + _table(head, rows, {0, 3, 4})
+    table = _table(head, rows, {0, 3, 4})
+    return f'<section id="failed"><h2>Failed rows</h2><p class="muted">{shown}</p>{table}</section>'
 
 
 def report_html(inspection: Inspection) -> str:

@@ -235,7 +235,9 @@ class _Reading:
 
     def file(self, index: int, path: Path) -> None:
         try:
-            handle = pq.ParquetFile(path)
+            # Pre-buffered reads are kept until the file is closed: memory would grow with
+            # the rows read.
+            handle = pq.ParquetFile(path, pre_buffer=False)
         except (OSError, pa.ArrowException) as exc:
             raise InputError(path, f"not a readable Parquet file ({exc})") from exc
         with handle:
