@@ -57,6 +57,10 @@ RUN_ARGS: dict[str, tuple[list[str], list[str]]] = {
     "retry_failed": ([], ["--no-retry-failed"]),
     "restart": ([], ["--restart"]),
     "max_failures": ([], ["--max-failures", "5%"]),
+    "max_cost": ([], ["--max-cost", "2.5"]),
+    "input_price": ([], ["--input-price", "0.15"]),
+    "output_price": ([], ["--output-price", "0.6"]),
+    "expected_output_tokens": ([], ["--expected-output-tokens", "40"]),
 }
 # Parameters that shape what the command prints or where it reads, not the job.
 NOT_JOB_OPTIONS = {"input", "job_file", "dry_run", "progress", "quiet", "verbose", "summary_json"}
@@ -127,6 +131,10 @@ FIELD_VALUES: dict[str, dict[str, Any]] = {
     "restart": {"restart": True},
     "max_failures": {"max_failures": 2},
     "max_failure_percent": {"max_failure_percent": 5.0},
+    "max_cost": {"max_cost": 2.5},
+    "input_price": {"input_price": 0.15},
+    "output_price": {"output_price": 0.6},
+    "expected_output_tokens": {"expected_output_tokens": 40},
     "batch_rows": {"batch_rows": 10},
     "grace": {"grace": 1.0},
     "engine": {"engine": "dask"},

@@ -138,6 +138,10 @@ class JobSpec:
     restart: bool = False
     max_failures: int | None = None
     max_failure_percent: float | None = None
+    max_cost: float | None = None
+    input_price: float | None = None
+    output_price: float | None = None
+    expected_output_tokens: int = 256
     batch_rows: int = 10_000
     grace: float = 5.0
     engine: str = "local"
@@ -188,6 +192,10 @@ class JobSpec:
             self.max_failure_percent is None or 0 <= self.max_failure_percent <= 100,
             "max failures in percent must be between 0 and 100",
         )
+        for name in ("max_cost", "input_price", "output_price"):
+            value = getattr(self, name)
+            _check(value is None or value >= 0, f"{name} must be >= 0 (USD)")
+        _check(self.expected_output_tokens >= 1, "expected_output_tokens must be >= 1")
         _check(1 <= self.batch_rows <= 1_000_000, "batch_rows must be between 1 and 1000000")
         _check(self.grace >= 0, "grace must be >= 0")
         _check(self.engine in ENGINES, f"engine must be one of {', '.join(ENGINES)}")
