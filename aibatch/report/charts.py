@@ -81,6 +81,7 @@ def _latency(axes: Any, inspection: Inspection) -> None:
         return
     axes.stairs(counts, edges, fill=True, color=ACCENT, alpha=0.85)
     axes.set_xscale("log")
+    _plain_log_ticks(axes, edges[0], edges[-1])
     _counts(axes)
     axes.set_xlabel("latency, ms (log scale)")
     axes.set_ylabel("rows")
@@ -133,9 +134,10 @@ def _attempts(axes: Any, inspection: Inspection) -> None:
         return
     ok = np.array([by_status["ok"].get(v, 0) for v in values])
     error = np.array([by_status["error"].get(v, 0) for v in values])
-    axes.bar(values, ok, color=OK, label="ok")
-    axes.bar(values, error, bottom=ok, color=ERROR, label="error")
+    axes.bar(values, ok, width=0.6, color=OK, label="ok")
+    axes.bar(values, error, width=0.6, bottom=ok, color=ERROR, label="error")
     axes.set_xticks(values)
+    axes.set_xlim(values[0] - 1, values[-1] + 1)
     _counts(axes)
     axes.set_xlabel("requests made for the row")
     axes.set_ylabel("rows")
@@ -159,6 +161,15 @@ def _counts(axes: Any) -> None:
 
     axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+
+
+def _plain_log_ticks(axes: Any, low: float, high: float) -> None:
+    """Log-scale ticks as plain numbers (0.1, 2, 30), minor ones too on a short range."""
+    from matplotlib.ticker import NullFormatter, StrMethodFormatter
+
+    axes.xaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
+    short = high / low < 30
+    axes.xaxis.set_minor_formatter(StrMethodFormatter("{x:g}") if short else NullFormatter())
 
 
 def _legend(axes: Any, handles: list[Any] | None = None) -> None:

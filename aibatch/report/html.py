@@ -17,7 +17,7 @@ from ..errors import OutputError
 from ..files import atomic_write
 from .charts import charts
 from .inspect import ErrorGroup, Inspection, Percentiles, inspect_output
-from .text import job_options
+from .text import job_options, seconds
 
 __all__ = ["report_html", "write_report"]
 
@@ -30,7 +30,7 @@ h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 28px 0 8p
 .cards { display: flex; flex-wrap: wrap; gap: 10px; margin: 16px 0; }
 .card { border: 1px solid #ddd; border-radius: 6px; padding: 8px 14px; min-width: 110px; }
 .card .n { font-size: 22px; font-weight: 600; } .card .k { color: #666; font-size: 12px; }
-.ok .n { color: #2f7d4f; } .error .n { color: #c0392b; }
+.ok .n { color: #2f7d4f; } .error .n { color: #c0392b; } .card.none .n { color: #222; }
 .charts { display: grid; grid-template-columns: repeat(2, minmax(0, 1fr)); gap: 14px; }
 figure { margin: 0; border: 1px solid #eee; border-radius: 6px; padding: 6px; }
 figcaption { font-weight: 600; margin: 2px 4px 4px; }
@@ -78,11 +78,12 @@ def _cards(i: Inspection) -> str:
         cards += [("p50", f"{_number(i.latency_ms.p50)} ms", "latency p50")]
         cards += [("p99", f"{_number(i.latency_ms.p99)} ms", "latency p99")]
     if i.span_s is not None:
-        cards.append(("span", f"{i.span_s:,.1f} s", "first sent to last finished"))
+        cards.append(("span", seconds(i.span_s), "first sent to last finished"))
     if i.cost_usd is not None:
         cards.append(("cost", f"${i.cost_usd:,.4f}", "cost"))
     return "".join(
-        f'<div class="card {_e(kind)}" id="count-{_e(kind)}"><div class="n">{_e(value)}</div>'
+        f'<div class="card {_e(kind)}{" none" if value == "0" else ""}" id="count-{_e(kind)}">'
+        f'<div class="n">{_e(value)}</div>'
         f'<div class="k">{_e(label)}</div></div>'
         for kind, value, label in cards
     )

@@ -13,7 +13,7 @@ from typing import Any
 from ..jobs.spec import JobSpec
 from .inspect import ErrorGroup, Inspection, Percentiles
 
-__all__ = ["flat_options", "inspection_text", "job_options", "one_line"]
+__all__ = ["flat_options", "inspection_text", "job_options", "one_line", "seconds"]
 
 WIDTH = 100
 
@@ -50,6 +50,11 @@ def job_options(options: Mapping[str, Any]) -> list[tuple[str, Any]]:
 
 def _number(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def seconds(value: float) -> str:
+    """A duration in seconds, with three significant digits below ten seconds."""
+    return f"{value:.3g} s" if value < 10 else f"{value:,.1f} s"
 
 
 def percentiles_text(p: Percentiles | None, of: str) -> str:
@@ -92,9 +97,8 @@ def inspection_text(inspection: Inspection) -> str:
     lines += textwrap.wrap(f"job: {job or '(not recorded)'}", WIDTH, subsequent_indent="  ")
     if i.first_started is not None and i.last_finished is not None:
         first, last = i.first_started, i.last_finished
-        lines.append(
-            f"sent {first:%Y-%m-%d %H:%M:%S} to {last:%Y-%m-%d %H:%M:%S} UTC ({i.span_s:,.1f} s)"
-        )
+        span = seconds((last - first).total_seconds())
+        lines.append(f"sent {first:%Y-%m-%d %H:%M:%S} to {last:%Y-%m-%d %H:%M:%S} UTC ({span})")
     lines.append(f"latency ms    {percentiles_text(i.latency_ms, 'rows sent')}")
     lines.append(f"first chunk   {percentiles_text(i.ttfb_ms, 'answers')}")
     if i.attempts:
