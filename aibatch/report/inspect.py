@@ -244,6 +244,9 @@ class _Reading:
             names = handle.schema_arrow.names
             if "status" not in names:
                 raise InputError(path, "has no status column: not an aibatch output")
+            twice = sorted({name for name in names if names.count(name) > 1})
+            if twice:
+                raise InputError(path, f"column {twice[0]!r} appears twice: not an aibatch output")
             raw = (handle.metadata.metadata or {}).get(METADATA_KEY.encode())
             meta = json.loads(raw) if raw else {}
             self.metadata.append(meta)

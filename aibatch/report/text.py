@@ -60,7 +60,7 @@ def seconds(value: float) -> str:
 def percentiles_text(p: Percentiles | None, of: str) -> str:
     """``p50 .. p90 .. p99 .. max ..`` of ``p``, or why there is none."""
     if p is None:
-        return f"none ({of})"
+        return f"none (0 {of})"
     figures = "  ".join(
         f"{name} {_number(getattr(p, name))}" for name in ("p50", "p90", "p99", "max")
     )

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import pytest
 from click.testing import CliRunner, Result
 
 import aibatch
@@ -109,24 +112,39 @@ def test_terminal_text_shows_hostile_prompts_with_their_control_characters_escap
     assert "\\x1b[31mred\\x1b[0m" in result.stdout
 
 
-def test_cost_is_absent_not_zero_when_the_output_has_no_cost_column(failing: Made):
-    data = inspect_json(failing.path)
-    text = inspect(failing.path).stdout
+def priced(made: Made, folder: Path, costs: pa.Array | None) -> Path:
+    """A copy of ``made``'s output whose ``cost_usd`` column is ``costs`` (none: no column)."""
+    table = made.table
+    if "cost_usd" in table.column_names:
+        table = table.drop_columns(["cost_usd"])
+    if costs is not None:
+        table = table.append_column("cost_usd", costs)
+    path = folder / "priced.parquet"
+    pq.write_table(table, path)
+    return path
+
+
+@pytest.mark.parametrize("column", ["absent", "null"])
+def test_cost_is_not_shown_not_even_as_zero_when_no_row_has_one(
+    failing: Made, tmp_path: Path, column: str
+):
+    nulls = pa.nulls(failing.summary.rows, pa.float64()) if column == "null" else None
+    path = priced(failing, tmp_path, nulls)
+
+    data, text = inspect_json(path), inspect(path).stdout
 
     assert data["cost_usd"] is None
-    assert "cost" not in text
+    assert [line for line in text.splitlines() if line.startswith("cost")] == []
 
 
-def test_cost_is_the_sum_of_a_cost_usd_column_when_there_is_one(failing: Made, tmp_path: Path):
-    table = failing.table
-    costs = pa.array([0.25 if s == "ok" else None for s in table.column("status").to_pylist()])
-    priced = tmp_path / "priced.parquet"
-    pq.write_table(table.append_column("cost_usd", costs), priced)
+def test_cost_is_the_sum_of_the_cost_usd_column(failing: Made, tmp_path: Path):
+    statuses = failing.table.column("status").to_pylist()
+    path = priced(failing, tmp_path, pa.array([0.25 if s == "ok" else None for s in statuses]))
 
-    data = inspect_json(priced)
+    data = inspect_json(path)
 
     assert data["cost_usd"] == 0.25 * failing.summary.ok
-    assert f"cost          ${0.25 * failing.summary.ok:,.4f}" in inspect(priced).stdout
+    assert f"cost          ${0.25 * failing.summary.ok:,.4f}" in inspect(path).stdout
 
 
 def test_a_dask_output_folder_is_read_part_by_part(parts: tuple[Path, list[Made]]):
@@ -158,6 +176,35 @@ def test_a_file_that_is_not_an_output_exits_2_with_one_line(tmp_path: Path):
     assert result.exit_code == 2
     assert result.stderr.startswith(f"aibatch: error: {source}: not a readable Parquet file")
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_a_parquet_file_without_aibatch_columns_is_named_as_not_an_output(tmp_path: Path):
+    other = tmp_path / "other.parquet"
+    pq.write_table(pa.table({"prompt": ["hello"]}), other)
+
+    result = inspect(other)
+
+    assert (result.exit_code, result.stderr) == (
+        2,
+        f"aibatch: error: {other}: has no status column: not an aibatch output\n",
+    )
+
+
+@pytest.mark.parametrize("command", ["inspect", "report"])
+def test_the_help_of_inspect_and_report_imports_no_data_or_plotting_library(command: str):
+    code = (
+        "import sys\nfrom aibatch.cli import main\n"
+        "try:\n    main([sys.argv[1], '--help'], prog_name='aibatch')\n"
+        "except SystemExit:\n    pass\n"
+        "heavy = {'pandas', 'pyarrow', 'numpy', 'aiohttp', 'matplotlib'}\n"
+        "print(sorted(heavy & {name.split('.')[0] for name in sys.modules}))\n"
+    )
+
+    done = subprocess.run(
+        [sys.executable, "-c", code, command], capture_output=True, text=True, timeout=60
+    )
+
+    assert done.stdout.splitlines()[-1] == "[]", done.stderr
 
 
 def test_tokens_are_the_totals_the_provider_reported(tmp_path: Path):

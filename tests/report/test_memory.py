@@ -61,7 +61,9 @@ def generated_output(path: Path, rows: int) -> Path:
                 "model": pa.array(["gpt-4o-mini"] * n),
                 "provider": pa.array(["aichatonline"] * n),
             }
-            table = pa.table({name: columns[name] for name in schema.names})
+            # Result columns added later (cost_usd, ...) are null here.
+            nulls = pa.nulls(n)
+            table = pa.table({name: columns.get(name, nulls) for name in schema.names})
             writer.write_table(table.cast(schema), row_group_size=10_000)
         writer.add_key_value_metadata({METADATA_KEY: json.dumps({"version": "test"})})
     return path
