@@ -364,10 +364,11 @@ _failed_rows = functools.partial(
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 @_failed_rows(default=10)
 def inspect_command(output: str, as_json: bool, failed_rows: int) -> None:
-    """Show what OUTPUT holds: the job, counts, errors, latency, attempts, tokens.
+    """Print what an output says: its job, counts, errors, latency.
 
-    OUTPUT is an output file, or a Dask output folder of part-*.parquet files; it is
-    read in batches, so a file of millions of rows takes little memory.
+    Also attempts, tokens, cost and the first failed rows. OUTPUT is an output file,
+    or a Dask output folder of part-*.parquet files; it is read in batches, so a file
+    of millions of rows takes little memory.
     """
     from .report.inspect import inspect_output
     from .report.text import inspection_text
@@ -381,7 +382,7 @@ def inspect_command(output: str, as_json: bool, failed_rows: int) -> None:
 @click.option("-o", "--report", "page", help="HTML file [default: OUTPUT_STEM.report.html].")
 @_failed_rows(default=100)
 def report_command(output: str, page: str | None, failed_rows: int) -> None:
-    """Write one self-contained HTML page about OUTPUT: figures, charts, failed rows.
+    """Write a self-contained HTML report of an output, with charts.
 
     The page loads nothing from the network. Its charts need the report extra:
     pip install 'aibatch[report]'.
