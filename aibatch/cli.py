@@ -146,13 +146,16 @@ _run_options = _options(
     _job("--model", help="Model name [default: the provider's]."),
     _job("--base-url", help="Provider API base URL."),
     _job("--proxy", help="Proxy URL for every request."),
-    _job("--api-key-env", help="Variable holding the API key [default: OPENAI_API_KEY]."),
+    _job("--api-key-env",
+         help="Variable holding the API key [default: the provider's, e.g. OPENAI_API_KEY"
+              " or ANTHROPIC_API_KEY]."),
     _job("-c", "--concurrency", type=str,
          help="Requests in flight at once, or auto (adapt to 429s)."),
     _job("--adaptive", is_flag=True, help="Adapt to 429s, with -c as the ceiling."),
     _job("--rps", type=_POSITIVE, help="Request starts per second."),
     _job("--temperature", type=click.FloatRange(0, 2), help="Sampling temperature."),
     _job("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Nucleus sampling."),
+    _job("--top-k", type=click.IntRange(1), help="Sample from the K likeliest tokens."),
     _job("--max-tokens", type=click.IntRange(1), help="Longest answer, in tokens."),
     _job("--seed", type=int, help="Sampling seed."),
     _job("--stop", multiple=True, help="Stop sequence (repeatable, up to 4)."),
@@ -295,6 +298,8 @@ _FAULT_HELP = {
     "garbage_rate": "Share of streams with garbage lines.",
     "stall_rate": "Share of requests whose first byte stalls.",
     "stall_seconds": "How long a stall lasts.",
+    "overload_rate": "Share of overloaded answers (529 anthropic, else 503).",
+    "error_event_rate": "Share of streams ending in an error event mid-way.",
     "token_max_uses": "A token expires after N uses.",
     "token_max_age": "A token expires after S seconds.",
     "token_concurrency": "Requests in flight per token (429 above).",
@@ -319,7 +324,7 @@ _fault_options = _options(*(
 @click.option("--port", type=click.IntRange(0, 65535), default=0, help="Port [default: any].")
 @click.option("--protocol", type=click.Choice(PROTOCOLS), default="aichatonline",
               show_default=True, help="Wire protocol to serve.")  # fmt: skip
-@click.option("--api-key-env", help="Require the key in this variable (openai protocol).")
+@click.option("--api-key-env", help="Require the key in this variable (openai, anthropic).")
 @click.option("--latency", type=float, default=0.0, help="Seconds before the first chunk.")
 @click.option("--chunk-delay", type=float, default=0.0, help="Seconds between chunks.")
 @click.option("--chunks", type=click.IntRange(1), default=4, show_default=True,

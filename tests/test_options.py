@@ -40,6 +40,7 @@ RUN_ARGS: dict[str, tuple[list[str], list[str]]] = {
     "rps": ([], ["--rps", "2.5"]),
     "temperature": ([], ["--temperature", "0.3"]),
     "top_p": ([], ["--top-p", "0.9"]),
+    "top_k": ([], ["--top-k", "40"]),
     "max_tokens": ([], ["--max-tokens", "7"]),
     "seed": ([], ["--seed", "11"]),
     "stop": ([], ["--stop", "###", "--stop", "END"]),
@@ -117,6 +118,7 @@ FIELD_VALUES: dict[str, dict[str, Any]] = {
     "rps": {"rps": 2.5},
     "temperature": {"temperature": 0.3},
     "top_p": {"top_p": 0.9},
+    "top_k": {"top_k": 40},
     "max_tokens": {"max_tokens": 7},
     "seed": {"seed": 11},
     "stop": {"stop": ("###",)},
@@ -147,7 +149,7 @@ FIELD_VALUES: dict[str, dict[str, Any]] = {
 # is (id), who answers (provider, model, the emulator or not) and how they sample.
 CHANGES_A_REQUEST = {
     "prompt_column", "template", "system", "messages_column", "id_column", "provider",
-    "model", "emulate", "temperature", "top_p", "max_tokens", "seed", "stop",
+    "model", "emulate", "temperature", "top_p", "top_k", "max_tokens", "seed", "stop",
 }  # fmt: skip
 
 

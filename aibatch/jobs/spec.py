@@ -124,6 +124,7 @@ class JobSpec:
     rps: float | None = None
     temperature: float | None = field(default=None, metadata=opt(sampling=True))
     top_p: float | None = field(default=None, metadata=opt(sampling=True))
+    top_k: int | None = field(default=None, metadata=opt(sampling=True))
     max_tokens: int | None = field(default=None, metadata=opt(sampling=True))
     seed: int | None = field(default=None, metadata=opt(sampling=True))
     stop: tuple[str, ...] | None = field(default=None, metadata=opt(sampling=True))
@@ -173,6 +174,7 @@ class JobSpec:
             "temperature must be between 0 and 2",
         )
         _check(self.top_p is None or 0 < self.top_p <= 1, "top_p must be in (0, 1]")
+        _check(self.top_k is None or self.top_k >= 1, "top_k must be >= 1")
         _check(self.max_tokens is None or self.max_tokens >= 1, "max_tokens must be >= 1")
         _check(
             self.stop is None or (0 < len(self.stop) <= 4 and all(self.stop)),

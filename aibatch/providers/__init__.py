@@ -2,7 +2,7 @@
 
 A provider subclasses :class:`AsyncGeneratorProvider` and implements one method,
 ``create_async_generator`` (see :mod:`aibatch.providers.base`). Providers are found
-through the entry-point group ``aibatch.providers``; the built-in two are registered
+through the entry-point group ``aibatch.providers``; the built-in ones are registered
 there too, and are also known directly so that a source checkout works without
 installing.
 """
@@ -18,6 +18,7 @@ from .faults import Faults
 
 if TYPE_CHECKING:
     from .aichatonline import AiChatOnline
+    from .anthropic import AnthropicMessages
     from .base import AsyncGeneratorProvider, ProviderModelMixin, StreamInfo
     from .emulator import Emulator, answer_for
     from .openai import OpenAIChat
@@ -26,6 +27,7 @@ __all__ = [
     "BUILTIN_PROVIDERS",
     "ENTRY_POINT_GROUP",
     "AiChatOnline",
+    "AnthropicMessages",
     "AsyncGeneratorProvider",
     "Emulator",
     "Faults",
@@ -43,9 +45,11 @@ ENTRY_POINT_GROUP = "aibatch.providers"
 BUILTIN_PROVIDERS: dict[str, str] = {
     "aichatonline": "aibatch.providers.aichatonline:AiChatOnline",
     "openai": "aibatch.providers.openai:OpenAIChat",
+    "anthropic": "aibatch.providers.anthropic:AnthropicMessages",
 }
 _LAZY = {
     "AiChatOnline": ".aichatonline",
+    "AnthropicMessages": ".anthropic",
     "AsyncGeneratorProvider": ".base",
     "ProviderModelMixin": ".base",
     "StreamInfo": ".base",

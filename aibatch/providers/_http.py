@@ -8,6 +8,7 @@ place where aiohttp's and the clock's exceptions become :mod:`aibatch.errors` ty
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import math
 import re
@@ -23,6 +24,7 @@ __all__ = [
     "LineSplitter",
     "http_error",
     "parse_duration",
+    "parse_reset_time",
     "parse_retry_after",
     "response_error",
     "retry_after_from",
@@ -63,11 +65,48 @@ def parse_duration(value: str | None) -> float | None:
     return seconds if math.isfinite(seconds) else None
 
 
+def parse_reset_time(value: str | None) -> float | None:
+    """Read an RFC 3339 time (Anthropic's reset headers) as seconds from now."""
+    if not value:
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+_ANTHROPIC_LIMITS = ("requests", "tokens", "input-tokens", "output-tokens")
+
+
+def _anthropic_reset(headers: Mapping[str, str]) -> float | None:
+    """The wait the ``anthropic-ratelimit-*-reset`` times ask for.
+
+    The latest reset of the limits whose ``-remaining`` is 0, or of all of them when
+    none says so.
+    """
+    waits: dict[str, float] = {}
+    for kind in _ANTHROPIC_LIMITS:
+        wait = parse_reset_time(headers.get(f"anthropic-ratelimit-{kind}-reset"))
+        if wait is not None:
+            waits[kind] = wait
+    spent = [
+        wait
+        for kind, wait in waits.items()
+        if (headers.get(f"anthropic-ratelimit-{kind}-remaining") or "").strip() == "0"
+    ]
+    chosen = spent or list(waits.values())
+    return max(chosen) if chosen else None
+
+
 def retry_after_from(headers: Mapping[str, str]) -> float | None:
     """How long a 429 asks us to wait.
 
     ``Retry-After`` (seconds or a date), else ``retry-after-ms``, else the later of the
-    ``x-ratelimit-reset-requests`` and ``x-ratelimit-reset-tokens`` durations.
+    ``x-ratelimit-reset-requests`` and ``x-ratelimit-reset-tokens`` durations, else the
+    ``anthropic-ratelimit-*-reset`` times.
     """
     seconds = parse_retry_after(headers.get("Retry-After"))
     if seconds is not None:
@@ -79,7 +118,7 @@ def retry_after_from(headers: Mapping[str, str]) -> float | None:
         parse_duration(headers.get(f"x-ratelimit-reset-{kind}")) for kind in ("requests", "tokens")
     ]
     known = [r for r in resets if r is not None]
-    return max(known) if known else None
+    return max(known) if known else _anthropic_reset(headers)
 
 
 def status_error(

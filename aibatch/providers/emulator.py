@@ -1,5 +1,8 @@
 """Emulator: a local aiohttp.web server that speaks the AiChatOnline wire protocol.
 
+With ``protocol="openai"`` it speaks OpenAI's chat completions instead, and with
+``protocol="anthropic"`` Anthropic's Messages (shapes in :mod:`.emulator_anthropic`).
+
 It is the reference peer of the provider (the public service is gone): gpt4free's own
 client, pointed at it, works unchanged. Answers are deterministic functions of the
 prompt (:func:`answer_for`), streamed as JSON lines in several chunks. Knobs set the
@@ -33,6 +36,7 @@ import anyio
 from aiohttp import web
 
 from ..errors import UsageError
+from . import emulator_anthropic as anthropic
 from .faults import PROTOCOLS, Faults
 from .helpers import format_prompt
 
@@ -103,9 +107,11 @@ class Emulator:
         chunks: chunks per answer.
         faults: what to inject.
         record_prompts: count chat requests per prompt in ``stats.prompts``.
-        protocol: ``"aichatonline"``, or ``"openai"`` for ``/v1/chat/completions`` (the
-            prompt of a conversation is its ``format_prompt`` flattening).
-        api_key: with ``"openai"``, the key every request must carry.
+        protocol: ``"aichatonline"``, ``"openai"`` for ``/v1/chat/completions``, or
+            ``"anthropic"`` for ``/v1/messages`` (the prompt of a conversation is its
+            ``format_prompt`` flattening).
+        api_key: with ``"openai"`` or ``"anthropic"``, the key every request must carry
+            (anthropic: as ``x-api-key`` or ``Authorization: Bearer``).
 
     Raises:
         UsageError: a negative delay, no chunks, or an unknown protocol.
@@ -128,6 +134,8 @@ class Emulator:
             raise UsageError("latency and chunk_delay must be >= 0 and chunks >= 1")
         if protocol not in PROTOCOLS:
             raise UsageError(f"protocol must be one of {', '.join(PROTOCOLS)}")
+        if protocol == "aichatonline" and (faults or Faults()).error_event_rate:
+            raise UsageError("the aichatonline protocol has no error event (error_event_rate)")
         self.protocol = protocol
         self.api_key = api_key
         self.host = host
@@ -154,6 +162,8 @@ class Emulator:
         if self.protocol == "openai":
             app.router.add_post("/v1/chat/completions", self._openai_chat)
             app.router.add_get("/v1/models", self._models)
+        elif self.protocol == "anthropic":
+            app.router.add_post(anthropic.MESSAGES_PATH, self._anthropic_messages)
         else:
             app.router.add_get(TOKEN_PATH, self._token)
             app.router.add_post(CHAT_PATH, self._chat)
@@ -232,18 +242,18 @@ class Emulator:
             )
             code = "invalid_api_key" if status == 401 else None
             body: dict[str, Any] = {"error": {"message": message, "type": kind, "code": code}}
+        elif self.protocol == "anthropic":
+            body = anthropic.error_body(status, message)
         else:
             body = {"code": status, "message": message}
         return web.json_response(body, status=status, headers=headers)
 
     def _rate_limited(self, message: str) -> web.Response:
         wait = self.faults.retry_after
-        return self._refuse(
-            "rate_limited",
-            429,
-            message,
-            **{"Retry-After": f"{wait:g}", "retry-after-ms": f"{wait * 1000:g}"},
-        )
+        headers = {"Retry-After": f"{wait:g}", "retry-after-ms": f"{wait * 1000:g}"}
+        if self.protocol == "anthropic":
+            headers.update(anthropic.rate_limit_headers(wait))
+        return self._refuse("rate_limited", 429, message, **headers)
 
     def _check_token(self, token: str | None) -> web.Response | _TokenState:
         state = self._tokens.get(token) if token else None
@@ -261,6 +271,10 @@ class Emulator:
 
     def _check_key(self, request: web.Request) -> web.Response | None:
         if self.api_key is None:
+            return None
+        if self.protocol == "anthropic":
+            if anthropic.key_of(request.headers) != self.api_key:
+                return self._refuse("unauthorized", 401, "invalid x-api-key")
             return None
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return self._refuse("unauthorized", 401, "Incorrect API key provided")
@@ -318,6 +332,16 @@ class Emulator:
         )
         return await self._serve(request, prompt, answer)
 
+    async def _anthropic_messages(self, request: web.Request) -> web.StreamResponse:
+        """Anthropic: the key when started with one, body ``{"model", "max_tokens", ...}``."""
+        self.stats.chat_requests += 1
+        if (refused := self._check_key(request)) is not None:
+            return refused
+        asked = anthropic.read_request(await _json_body(request), answer_for)
+        if isinstance(asked, str):
+            return self._refuse("bad_request", 400, asked)
+        return await self._serve(request, *asked)
+
     def _over_limits(self) -> web.Response | None:
         faults = self.faults
         if faults.max_inflight is not None and self.stats.inflight >= faults.max_inflight:
@@ -340,6 +364,8 @@ class Emulator:
             ("cut", faults.cut_rate),
             ("garbage", faults.garbage_rate),
             ("stalled", faults.stall_rate),
+            ("overloaded", faults.overload_rate),
+            ("error_event", faults.error_event_rate),
         ):
             if draw < rate:
                 return name
@@ -347,7 +373,7 @@ class Emulator:
         return "ok"
 
     async def _serve(
-        self, request: web.Request, prompt: str, answer: _Answer
+        self, request: web.Request, prompt: str, answer: _Answer | anthropic.MessagesAnswer
     ) -> web.StreamResponse:
         """Admit a valid chat request (limits, faults), then answer it in its protocol."""
         if self.record_prompts:
@@ -362,14 +388,18 @@ class Emulator:
                 return self._refuse("server_error", 500, "internal error (injected)")
             if fault == "rate_limited":
                 return self._rate_limited("rate limited (injected)")
+            if fault == "overloaded":
+                status = 529 if self.protocol == "anthropic" else 503
+                return self._refuse("overloaded", status, "Overloaded (injected)")
             delay = self.latency + (self.faults.stall_seconds if fault == "stalled" else 0.0)
             if delay:
                 await anyio.sleep(delay)
-            pieces = (
-                self._openai_pieces(answer, fault)
-                if self.protocol == "openai"
-                else self._aichatonline_pieces(answer, fault)
-            )
+            if isinstance(answer, anthropic.MessagesAnswer):
+                pieces = self._anthropic_pieces(answer, fault)
+            elif self.protocol == "openai":
+                pieces = self._openai_pieces(answer, fault)
+            else:
+                pieces = self._aichatonline_pieces(answer, fault)
             return await self._stream(request, pieces, fault, answer.content_type())
         finally:
             self.stats.inflight -= 1
@@ -394,8 +424,21 @@ class Emulator:
         events.append(answer.chunk({}, finish=True))
         if answer.usage:
             events.append({**answer.chunk({}), "choices": [], "usage": answer.usage_counts()})
+        if fault == "error_event":
+            error = {"message": "The server had an error (injected)", "type": "server_error"}
+            events[len(events) // 2 :] = [{"error": {**error, "code": None}}]
         pieces = [b"data: " + json.dumps(e).encode() + b"\n\n" for e in events]
         pieces.append(b"data: [DONE]\n\n")
+        if fault == "garbage":
+            pieces = [line for piece in pieces for line in (self._noise(_SSE_NOISE), piece)]
+        return pieces
+
+    def _anthropic_pieces(self, answer: anthropic.MessagesAnswer, fault: str) -> list[bytes]:
+        if not answer.stream:
+            return [answer.whole()]
+        pieces = answer.events(
+            split_chunks(answer.text, self.chunks), fail_midway=fault == "error_event"
+        )
         if fault == "garbage":
             pieces = [line for piece in pieces for line in (self._noise(_SSE_NOISE), piece)]
         return pieces

@@ -12,7 +12,7 @@ from ..errors import UsageError
 
 __all__ = ["PROTOCOLS", "Faults"]
 
-PROTOCOLS = ("aichatonline", "openai")
+PROTOCOLS = ("aichatonline", "openai", "anthropic")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -27,6 +27,11 @@ class Faults:
         garbage_rate: share of streams with garbage and blank lines mixed in.
         stall_rate: share of requests whose first byte waits ``stall_seconds``.
         stall_seconds: how long a stalled request waits.
+        overload_rate: share answered "overloaded": 529 on the anthropic protocol, 503
+            on the others.
+        error_event_rate: share of streams that stop half-way with an error event
+            (anthropic: ``overloaded_error``; openai: an ``error`` object); the
+            aichatonline protocol has none.
         token_max_uses: a token expires after this many chat requests (then 401).
         token_max_age: a token expires after this many seconds (then 401).
         token_concurrency: chat requests one token may have in flight (above: 429).
@@ -45,6 +50,8 @@ class Faults:
     garbage_rate: float = 0.0
     stall_rate: float = 0.0
     stall_seconds: float = 30.0
+    overload_rate: float = 0.0
+    error_event_rate: float = 0.0
     token_max_uses: int | None = None
     token_max_age: float | None = None
     token_concurrency: int | None = None
@@ -59,6 +66,8 @@ class Faults:
             self.cut_rate,
             self.garbage_rate,
             self.stall_rate,
+            self.overload_rate,
+            self.error_event_rate,
         )
         if any(not 0.0 <= r <= 1.0 for r in rates) or sum(rates) > 1.0:
             raise UsageError("fault rates must each lie in [0, 1] and add up to at most 1")

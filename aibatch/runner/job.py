@@ -80,6 +80,13 @@ async def _arun_job(
         output = check_output(spec.output_path(), [spec.input])
         provider_class = checked_provider(spec)
         api_key = _api_key(spec, provider_class)
+        defaults = {
+            name: value
+            for name, value in provider_class.request_defaults.items()
+            if getattr(spec, name, None) is None
+        }
+        if defaults:  # what the provider sent for options the job left unset
+            metadata = {**(metadata or {}), "request_defaults": defaults}
         async with contextlib.AsyncExitStack() as stack:
             base_url = spec.base_url
             if spec.emulate:
@@ -124,7 +131,7 @@ def checked_provider(spec: JobSpec) -> type[AsyncGeneratorProvider]:
         raise UsageError(f"the {provider.name} provider always streams; drop --no-stream")
     if spec.emulate and provider.name not in PROTOCOLS:
         raise UsageError(
-            f"--emulate serves the {' and '.join(PROTOCOLS)} protocols, not {provider.name}"
+            f"--emulate serves the {', '.join(PROTOCOLS)} protocols, not {provider.name}"
         )
     return provider
 

@@ -405,7 +405,7 @@ def test_a_list_of_stop_strings_in_a_job_file_becomes_a_tuple(tmp_path):
 
 def test_sampling_options_are_the_fields_marked_sampling_in_sorted_order():
     # Sorted: the pairs are hashed into every checkpointed request.
-    assert SAMPLING_OPTIONS == ("max_tokens", "seed", "stop", "temperature", "top_p")
+    assert SAMPLING_OPTIONS == ("max_tokens", "seed", "stop", "temperature", "top_k", "top_p")
 
 
 def test_request_options_name_each_option_that_changes_what_is_asked():
