@@ -16,7 +16,7 @@ import anthropic
 import anyio
 import pytest
 
-from aibatch.errors import ProviderError, RateLimited, TransientError, Unauthorized
+from aibatch.errors import ProviderError, RateLimited, TransientError, Unauthorized, UsageError
 from aibatch.providers.anthropic import AnthropicMessages
 from aibatch.providers.base import StreamInfo
 from aibatch.providers.emulator import Emulator, Faults, answer_for
@@ -266,7 +266,7 @@ async def test_garbage_in_the_stream_is_counted_and_the_answer_still_right():
 
 
 def test_the_aichatonline_protocol_refuses_error_events():
-    with pytest.raises(Exception, match="no error event"):
+    with pytest.raises(UsageError, match="no error event"):
         Emulator(faults=Faults(error_event_rate=0.5))
 
 

@@ -163,6 +163,26 @@ async def test_an_injected_500_is_transient():
     assert "internal error (injected)" in str(error)
 
 
+async def test_an_injected_overload_is_a_503():
+    async with AsyncExitStack() as stack:
+        emu = await serve(stack, faults=Faults(overload_rate=1.0))
+        error = await failure(emu, ask("Hi"), key=None)
+
+    assert isinstance(error, TransientError)
+    assert error.http_status == 503
+    assert emu.stats.outcomes["overloaded"] == 1
+
+
+async def test_an_injected_error_event_fails_the_stream():
+    async with AsyncExitStack() as stack:
+        emu = await serve(stack, faults=Faults(error_event_rate=1.0))
+        error = await failure(emu, ask("Hi"), key=None)
+
+    assert type(error) is TransientError
+    assert "The server had an error (injected)" in str(error)
+    assert emu.stats.outcomes["error_event"] == 1
+
+
 async def test_an_injected_429_is_rate_limited_with_its_retry_after():
     async with AsyncExitStack() as stack:
         emu = await serve(stack, faults=Faults(rate_limit_rate=1.0, retry_after=0.25))
