@@ -10,7 +10,9 @@ Every error aibatch raises on purpose is an :class:`AibatchError`::
     │   └── UnknownModelError
     ├── ProviderError         one request failed: .http_status
     │   ├── TransientError    retryable: 5xx, reset, timeout, cut stream, empty answer
-    │   │   ├── RateLimited   429: .retry_after
+    │   │   ├── Overloaded    too busy: 503, 529: .retry_after (congestion: -c auto cuts)
+    │   │   │   └── RateLimited   429
+    │   │   ├── ConnectionRefused  refused, or reset before an answer (congestion while up)
     │   │   └── TokenRejected 401/403: refresh the token, then retry
     │   └── PermanentError    other 4xx: retrying cannot help
     │       └── Unauthorized  the service refused the credentials: the run stops
@@ -32,10 +34,12 @@ from os import PathLike
 __all__ = [
     "AibatchError",
     "CheckpointError",
+    "ConnectionRefused",
     "InputChanged",
     "BudgetReached",
     "InputError",
     "OutputError",
+    "Overloaded",
     "PermanentError",
     "ProviderError",
     "RateLimited",
@@ -144,18 +148,38 @@ class TransientError(ProviderError):
     """A failure that may pass: 5xx, connection reset, timeout, cut stream, empty answer."""
 
 
-class RateLimited(TransientError):
-    """The provider answered 429.
+class Overloaded(TransientError):
+    """The service is too busy to take the request now: 503, 529, or a 429.
+
+    Congestion, not a fault: ``-c auto`` lowers its limit on it, and the retry waits at
+    least ``retry_after``.
 
     Attributes:
         retry_after: seconds the server asked us to wait, if it said.
     """
 
     def __init__(
-        self, message: str, *, retry_after: float | None = None, http_status: int | None = 429
+        self, message: str, *, retry_after: float | None = None, http_status: int | None = None
     ) -> None:
         self.retry_after = retry_after
         super().__init__(message, http_status=http_status)
+
+
+class RateLimited(Overloaded):
+    """The provider answered 429: too many requests from us."""
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, http_status: int | None = 429
+    ) -> None:
+        super().__init__(message, retry_after=retry_after, http_status=http_status)
+
+
+class ConnectionRefused(TransientError):
+    """The server refused the connection, or reset it before any answer began.
+
+    Congestion while the service is up (it has been answering), an outage otherwise:
+    ``-c auto`` tells the two apart (:mod:`aibatch.runner.concurrency`).
+    """
 
 
 class TokenRejected(TransientError):

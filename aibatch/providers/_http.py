@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import errno
 import math
 import re
 import time
@@ -17,10 +18,19 @@ from collections.abc import Mapping
 
 import aiohttp
 
-from ..errors import PermanentError, ProviderError, RateLimited, TokenRejected, TransientError
+from ..errors import (
+    ConnectionRefused,
+    Overloaded,
+    PermanentError,
+    ProviderError,
+    RateLimited,
+    TokenRejected,
+    TransientError,
+)
 
 __all__ = [
     "HTTP_ERRORS",
+    "OVERLOADED_STATUSES",
     "LineSplitter",
     "http_error",
     "parse_duration",
@@ -121,6 +131,10 @@ def retry_after_from(headers: Mapping[str, str]) -> float | None:
     return max(known) if known else _anthropic_reset(headers)
 
 
+#: statuses that say the service is too busy, besides 429
+OVERLOADED_STATUSES = frozenset({503, 529})
+
+
 def status_error(
     status: int,
     detail: str,
@@ -132,10 +146,14 @@ def status_error(
 
     ``auth_error`` is what 401 and 403 mean for the provider: a token to replace
     (AiChatOnline), or credentials that no retry will fix (:class:`Unauthorized`).
+    "Too busy" is :class:`Overloaded`: 429 (:class:`RateLimited`), 503 (what gateways
+    and OpenAI answer when overloaded) and 529 (Anthropic's ``overloaded_error``).
     """
     message = f"HTTP {status}: {detail}" if detail else f"HTTP {status}"
     if status == 429:
         return RateLimited(message, retry_after=retry_after, http_status=status)
+    if status in OVERLOADED_STATUSES:
+        return Overloaded(message, retry_after=retry_after, http_status=status)
     if status in (401, 403):
         return auth_error(message, http_status=status)
     if status >= 500 or status == 408:
@@ -223,12 +241,34 @@ def http_error(
 ) -> TransientError:
     """Translate one of :data:`HTTP_ERRORS`: the one place they become ours.
 
-    Raise the result ``from exc``.
+    A connection refused, or reset before any answer (``http_status`` is None), is
+    :class:`ConnectionRefused`; once an answer began, any failure is a plain
+    :class:`TransientError`. Raise the result ``from exc``.
     """
     if isinstance(exc, TimeoutError):  # before ClientError: ServerTimeoutError is both
         return timeout_error(timeout, http_status)
     if isinstance(exc, aiohttp.ClientPayloadError):
         return TransientError("stream cut before it ended", http_status=http_status)
+    if http_status is None and _refused_or_reset(exc):
+        return ConnectionRefused(f"connection refused or reset: {type(exc).__name__}: {exc}")
     return TransientError(
         f"connection failed: {type(exc).__name__}: {exc}", http_status=http_status
+    )
+
+
+def _refused_or_reset(exc: BaseException) -> bool:
+    """Whether the service refused the connection, or dropped it before answering.
+
+    Not a failure to find or reach it (DNS, TLS, a proxy): only a refusal of the
+    connection itself, or an open connection reset, closed or broken under the request.
+    """
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        return False  # the proxy refused: says nothing about the service
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return exc.errno in (errno.ECONNREFUSED, errno.ECONNRESET)
+    return isinstance(
+        exc,
+        aiohttp.ServerDisconnectedError
+        | aiohttp.ClientOSError
+        | aiohttp.ClientConnectionResetError,
     )

@@ -14,7 +14,7 @@ from typing import Generic, TypeVar
 
 import anyio
 
-from ..errors import ProviderError, RateLimited, TokenRejected, TransientError
+from ..errors import Overloaded, ProviderError, TokenRejected, TransientError
 from ..jobs.spec import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -38,14 +38,14 @@ def wait_before_retry(
 ) -> float:
     """Seconds to wait before retry number ``retry`` after ``error``.
 
-    The backoff, or what a 429's ``Retry-After`` asks if that is longer, plus up to
+    The backoff, or what a 429's or 503's ``Retry-After`` asks if that is longer, plus up to
     ``wait_jitter`` random seconds: rows limited together then do not all come back
     at the same instant and get limited together again.
     """
     if isinstance(error, TokenRejected):
         return 0.0  # the provider already fetched a fresh token
     wait = policy.backoff(retry)
-    if isinstance(error, RateLimited) and error.retry_after is not None:
+    if isinstance(error, Overloaded) and error.retry_after is not None:
         wait = max(wait, error.retry_after)
     return wait + policy.wait_jitter * rand()
 
