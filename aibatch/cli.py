@@ -303,7 +303,8 @@ _FAULT_HELP = {
     "token_max_uses": "A token expires after N uses.",
     "token_max_age": "A token expires after S seconds.",
     "token_concurrency": "Requests in flight per token (429 above).",
-    "max_inflight": "Requests in flight in all (429 above).",
+    "max_inflight": "Requests in flight in all (--overload-status above).",
+    "overload_status": "Status above --max-inflight: 429, 503 or 529.",
     "max_rps": "Requests per second in all (429 above).",
     "seed": "Seed of the fault draws.",
 }

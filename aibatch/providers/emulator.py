@@ -255,6 +255,19 @@ class Emulator:
             headers.update(anthropic.rate_limit_headers(wait))
         return self._refuse("rate_limited", 429, message, **headers)
 
+    def _overloaded(self, message: str) -> web.Response:
+        """Refuse a request above ``max_inflight`` with ``faults.overload_status``."""
+        status = self.faults.overload_status
+        if status == 429:
+            return self._rate_limited(message)
+        headers = {"Retry-After": f"{self.faults.retry_after:g}"}
+        if status != 529:
+            return self._refuse("overloaded", status, message, **headers)
+        # 529 is Anthropic's own status: its body is Anthropic's, whatever the protocol
+        self.stats.outcomes["overloaded"] += 1
+        body = {"type": "error", "error": {"type": "overloaded_error", "message": message}}
+        return web.json_response(body, status=status, headers=headers)
+
     def _check_token(self, token: str | None) -> web.Response | _TokenState:
         state = self._tokens.get(token) if token else None
         if state is None:
@@ -345,7 +358,7 @@ class Emulator:
     def _over_limits(self) -> web.Response | None:
         faults = self.faults
         if faults.max_inflight is not None and self.stats.inflight >= faults.max_inflight:
-            return self._rate_limited("too many requests in flight")
+            return self._overloaded("too many requests in flight")
         if faults.max_rps is not None:
             now = time.monotonic()
             while self._starts and now - self._starts[0] >= 1.0:

@@ -10,9 +10,12 @@ from dataclasses import dataclass
 
 from ..errors import UsageError
 
-__all__ = ["PROTOCOLS", "Faults"]
+__all__ = ["OVERLOAD_STATUSES", "PROTOCOLS", "Faults"]
 
 PROTOCOLS = ("aichatonline", "openai", "anthropic")
+
+#: what a server may answer when it is too busy: 429, 503, and Anthropic's 529
+OVERLOAD_STATUSES = (429, 503, 529)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -35,12 +38,17 @@ class Faults:
         token_max_uses: a token expires after this many chat requests (then 401).
         token_max_age: a token expires after this many seconds (then 401).
         token_concurrency: chat requests one token may have in flight (above: 429).
-        max_inflight: chat requests the server takes at once (above: 429).
+        max_inflight: chat requests the server takes at once (above: ``overload_status``).
+        overload_status: the status of a refusal above ``max_inflight``: 429 (too many
+            requests), 503 (unavailable, as gateways and OpenAI answer when overloaded)
+            or 529 (with the body of Anthropic's ``overloaded_error``, whatever the
+            protocol); each sends ``Retry-After: retry_after``.
         max_rps: chat requests the server takes per second (above: 429).
         seed: seed of the fault draws.
 
     Raises:
-        UsageError: a rate outside [0, 1], or rates adding up to more than 1.
+        UsageError: a rate outside [0, 1], rates adding up to more than 1, or an
+            ``overload_status`` other than those of :data:`OVERLOAD_STATUSES`.
     """
 
     error_rate: float = 0.0
@@ -56,6 +64,7 @@ class Faults:
     token_max_age: float | None = None
     token_concurrency: int | None = None
     max_inflight: int | None = None
+    overload_status: int = 429
     max_rps: int | None = None
     seed: int = 0
 
@@ -71,3 +80,6 @@ class Faults:
         )
         if any(not 0.0 <= r <= 1.0 for r in rates) or sum(rates) > 1.0:
             raise UsageError("fault rates must each lie in [0, 1] and add up to at most 1")
+        if self.overload_status not in OVERLOAD_STATUSES:
+            known = ", ".join(map(str, OVERLOAD_STATUSES))
+            raise UsageError(f"overload status must be one of {known}")

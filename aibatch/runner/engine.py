@@ -39,7 +39,7 @@ import pyarrow as pa
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._version import __version__
-from ..errors import InputChanged, InputError, RateLimited, Unauthorized, plain_errors
+from ..errors import InputChanged, InputError, ProviderError, Unauthorized, plain_errors
 from ..io.inputs import Batch, InputSource
 from ..io.output import OutputCounts, OutputWriter, assemble, output_schema
 from ..jobs.checkpoint import SEND, Checkpoint, Plan, checkpoint_dir, request_hash, row_key
@@ -397,9 +397,9 @@ class _Partition:
                 if rate is not None:
                     await rate.wait()
                 completion = await provider.complete(job.request)
-            except RateLimited:
-                if adaptive is not None:
-                    self._limit(adaptive.rate_limited(limiter.borrowed_tokens))
+            except ProviderError as exc:
+                if adaptive is not None:  # it tells congestion (429, 503, ...) from faults
+                    self._limit(adaptive.failed(exc, limiter.borrowed_tokens))
                 raise
             finally:
                 limiter.release()

@@ -11,7 +11,14 @@ import anyio
 import pytest
 from yarl import URL
 
-from aibatch.errors import ProviderError, RateLimited, TokenRejected, TransientError, UsageError
+from aibatch.errors import (
+    Overloaded,
+    ProviderError,
+    RateLimited,
+    TokenRejected,
+    TransientError,
+    UsageError,
+)
 from aibatch.providers.aichatonline import AiChatOnline
 from aibatch.providers.base import StreamInfo
 from aibatch.providers.emulator import Emulator, Faults, answer_for
@@ -432,6 +439,43 @@ async def test_a_request_above_max_inflight_is_rate_limited_whatever_its_token()
     assert "too many requests in flight" in str(error)
     assert "for this UniqueId" not in str(error)
     assert emulator.stats.token_requests == 2
+
+
+@pytest.mark.parametrize("status", [503, 529])
+async def test_above_max_inflight_the_chosen_overload_status_answers_with_retry_after(status):
+    faults = Faults(max_inflight=1, overload_status=status, retry_after=2.5)
+    emulator = Emulator(chunks=2, chunk_delay=30.0, faults=faults)
+    async with (
+        emulator as base_url,
+        AiChatOnline(base_url=base_url, concurrency=4, token_pool=2) as p,
+        aclosing(await hold_one_request(p, "first")),
+    ):
+        error = await failure(p, ask("second"))
+
+    assert type(error) is Overloaded
+    assert (error.http_status, error.retry_after) == (status, 2.5)
+    assert emulator.stats.outcomes["overloaded"] == 1
+
+
+async def test_a_529_refusal_has_the_body_of_anthropics_overloaded_error():
+    emulator = Emulator(faults=Faults(max_inflight=0, overload_status=529))
+    async with emulator as base_url, aiohttp.ClientSession() as session:
+        token = await raw_token(session, base_url)
+        async with session.post(
+            f"{base_url}{CHAT_PATH}", json={"prompt": "hi"}, headers={"UniqueId": token}
+        ) as r:
+            status, body = r.status, await r.json()
+
+    assert status == 529
+    assert body == {
+        "type": "error",
+        "error": {"type": "overloaded_error", "message": "too many requests in flight"},
+    }
+
+
+def test_an_overload_status_other_than_429_503_or_529_is_refused_as_a_usage_error():
+    with pytest.raises(UsageError, match="429, 503, 529"):
+        Faults(max_inflight=10, overload_status=500)
 
 
 async def test_a_request_after_the_busy_one_finishes_is_served():

@@ -1,40 +1,63 @@
-"""AdaptiveLimit as a pure unit: a scripted sequence of outcomes in, the limits out.
+"""AdaptiveLimit: a scripted sequence of outcomes in, the limits out; then the engine.
 
-An outcome is ``OK`` (an answer came back) or ``throttled(n)`` (a 429 while ``n``
-requests were in flight). Nothing here sleeps or touches the network; the last tests
-simulate a service with a fixed number of slots, round by round.
+An outcome is ``OK`` (an answer came back) or an error while ``n`` requests were in
+flight: ``throttled(n)`` (a 429), ``busy(n)`` (a 503 or 529), ``refused(n)`` (a
+connection refused or reset), or any other error. Nothing in the unit tests sleeps or
+touches the network; they end with a simulated service with a fixed number of slots,
+round by round. The last tests run the engine against the emulator on loopback.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from itertools import pairwise
+from pathlib import Path
 
 import pytest
 
-from aibatch.errors import UsageError
+from aibatch.errors import (
+    ConnectionRefused,
+    Overloaded,
+    PermanentError,
+    ProviderError,
+    RateLimited,
+    TransientError,
+    UsageError,
+)
+from aibatch.jobs.spec import RetryPolicy
+from aibatch.providers.emulator import Emulator, Faults
+from aibatch.runner.api import arun_file
 from aibatch.runner.concurrency import AdaptiveLimit
 
 OK = "ok"
+Outcome = str | tuple[ProviderError, int]
 
 
-def throttled(inflight: int) -> tuple[str, int]:
-    return ("429", inflight)
+def throttled(inflight: int) -> tuple[ProviderError, int]:
+    return (RateLimited("HTTP 429"), inflight)
+
+
+def busy(inflight: int, status: int = 503) -> tuple[ProviderError, int]:
+    return (Overloaded(f"HTTP {status}", http_status=status), inflight)
+
+
+def refused(inflight: int) -> tuple[ProviderError, int]:
+    return (ConnectionRefused("connection refused or reset"), inflight)
 
 
 def ok(n: int) -> list[str]:
     return [OK] * n
 
 
-def drive(limit: AdaptiveLimit, outcomes: Iterable[str | tuple[str, int]]) -> list[int]:
+def drive(limit: AdaptiveLimit, outcomes: Iterable[Outcome]) -> list[int]:
     """Feed ``outcomes`` to ``limit``; return the limit after each one."""
     limits = []
     for outcome in outcomes:
         if outcome == OK:
             limits.append(limit.succeeded())
         else:
-            _, inflight = outcome
-            limits.append(limit.rate_limited(inflight))
+            error, inflight = outcome
+            limits.append(limit.failed(error, inflight))
         assert limits[-1] == limit.current
     return limits
 
@@ -148,6 +171,103 @@ def test_additive_growth_stops_at_the_ceiling():
     assert drive(limit, ok(100))[-1] == 12
 
 
+# what counts as congestion
+
+
+@pytest.mark.parametrize("status", [503, 529])
+def test_a_503_or_a_529_cuts_the_limit_as_a_429_does(status):
+    limit = AdaptiveLimit(512, start=40)
+
+    assert drive(limit, [busy(100, status), busy(30, status)]) == [36, 29]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        TransientError("HTTP 500: internal error", http_status=500),
+        TransientError("stream cut before it ended", http_status=200),
+        TransientError("no complete answer within 120 s (--timeout)"),
+        PermanentError("HTTP 400: bad request", http_status=400),
+    ],
+    ids=["500", "cut-stream", "timeout", "400"],
+)
+def test_a_fault_is_not_congestion_and_leaves_the_limit_alone(error):
+    limit = AdaptiveLimit(512, start=40)
+
+    assert drive(limit, [(error, 40)] * 5 + ok(1)) == [40] * 5 + [41]  # still in slow start
+    assert limit.cuts == 0
+
+
+def test_a_refused_connection_while_the_service_answers_cuts_the_limit():
+    limit = AdaptiveLimit(512, start=40)
+    drive(limit, ok(1))
+
+    assert drive(limit, [refused(41)]) == [36]  # 0.9 x 41
+
+
+def test_a_refused_connection_before_any_answer_leaves_the_limit_alone():
+    limit = AdaptiveLimit(512, start=40)
+
+    assert drive(limit, [refused(40)] * 3) == [40] * 3
+    assert limit.cuts == 0
+
+
+def test_after_an_outage_the_limit_doubles_per_window_back_to_where_it_was():
+    limit = AdaptiveLimit(512, start=8)
+    assert drive(limit, ok(2)) == [9, 10]
+    # every request in flight refused, then the retries: more refusals in a row than
+    # the limit of 10, with nothing answered in between, is an outage
+    cut = drive(limit, [*map(refused, range(10, 0, -1)), *[refused(1)] * 20])
+    assert cut[-1] == 1
+
+    limits = drive(limit, ok(9 + 10))
+
+    assert limits[:9] == list(range(2, 11))  # slow start, up to the limit before the outage
+    assert set(limits[9:]) == {10}  # then one per window
+
+
+# a refused level, tried again less and less often
+
+
+def waits_under_the_refused_level(limit: AdaptiveLimit, level: int, refusals: int) -> list[int]:
+    """Refuse ``level`` requests ``refusals`` times; each time, count the answers until
+    the limit allows ``level`` again."""
+    waits = []
+    for _ in range(refusals):
+        drive(limit, [busy(level)])
+        answers = 0
+        while limit.current < level and answers < 100 * level * limit.max_hold:
+            answers += 1
+            limit.succeeded()
+        waits.append(answers)
+    return waits
+
+
+def test_each_time_a_level_is_refused_again_the_limit_waits_twice_as_long_under_it():
+    waits = waits_under_the_refused_level(AdaptiveLimit(512, start=13), 13, 5)
+
+    # windows of 12 answers: 1 (growth alone takes longer), 2, 4, 8, 16
+    assert waits[0] < 2 * 12
+    assert waits[1:] == [2 * 12, 4 * 12, 8 * 12, 16 * 12]
+
+
+def test_the_wait_under_a_refused_level_is_at_most_max_hold_windows():
+    waits = waits_under_the_refused_level(AdaptiveLimit(512, start=13, max_hold=4), 13, 5)
+
+    assert waits[2:] == [4 * 12] * 3
+
+
+def test_once_a_refused_level_is_answered_for_a_window_a_new_level_starts_afresh():
+    limit = AdaptiveLimit(512, start=13)
+    waits_under_the_refused_level(limit, 13, 3)  # 13 held for 4 windows next time
+    drive(limit, ok(3 * 13))  # answered at 13 and above: the service grew
+    assert limit.current == 15
+
+    # 16 refused: a new level, waited under for one window only, not 8 (as 13 would
+    # be next time): growth alone takes longer
+    assert waits_under_the_refused_level(limit, 16, 1)[0] < 2 * 15
+
+
 # bounds
 
 
@@ -185,6 +305,7 @@ def test_the_start_is_kept_between_the_floor_and_the_ceiling(options, current):
         {"ceiling": 4, "decrease": 0.0},
         {"ceiling": 4, "decrease": 1.0},
         {"ceiling": 4, "decrease": 1.5},
+        {"ceiling": 4, "max_hold": 0},
     ],
 )
 def test_bounds_that_make_no_sense_are_refused_as_usage_errors(options):
@@ -252,3 +373,42 @@ def test_against_a_service_with_a_fixed_number_of_slots_the_limit_settles_just_u
     capacity,
 ):
     assert_settles_just_under(capacity, simulate(capacity))
+
+
+@pytest.mark.parametrize("capacity", [4, 12, 100])
+def test_against_a_fixed_capacity_the_level_above_it_is_tried_less_and_less_often(capacity):
+    history = simulate(capacity)
+
+    assert sum(refused for _, refused in history[-200:]) <= 4  # one a window would be 200
+
+
+# the engine against the emulator: the issue's server, each status
+
+
+ROWS = 600
+SERVER_LIMIT = 12
+
+
+@pytest.mark.parametrize("status", [503, 529, 429])
+async def test_auto_against_a_server_refusing_above_12_in_flight_settles_under_12(
+    tmp_path: Path, status: int
+):
+    source = tmp_path / "in.csv"
+    source.write_text("prompt\n" + "".join(f"question {i}\n" for i in range(ROWS)))
+    faults = Faults(max_inflight=SERVER_LIMIT, overload_status=status, retry_after=0.01)
+    emulator = Emulator(latency=0.02, faults=faults)
+    async with emulator as base_url:
+        summary = await arun_file(
+            source,
+            tmp_path / "out.parquet",
+            concurrency=512,
+            adaptive=True,
+            base_url=base_url,
+            retry=RetryPolicy(attempts=20, wait_initial=0.01, wait_max=0.05, wait_jitter=0.01),
+        )
+
+    assert summary.ok == ROWS
+    # settled just under the server's limit, with few requests refused: a fixed -c 512,
+    # or an -c auto deaf to the status, sends about two requests a row here
+    assert 0.8 * SERVER_LIMIT <= summary.concurrency <= SERVER_LIMIT + 1
+    assert summary.requests <= 1.1 * ROWS
