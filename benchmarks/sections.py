@@ -1,4 +1,4 @@
-"""The six sections of the suite, each one Markdown table, and the targets and headline.
+"""The sections of the suite, each one Markdown table, and the targets and headline.
 
 A :class:`Plan` holds the sizes: :data:`FULL` for the record, :data:`QUICK` for a run in
 under a minute. Sections ask :class:`~benchmarks.measure.Bench` for runs; runs another
@@ -41,6 +41,7 @@ class Plan:
     resume_rows: int
     faults: tuple[int, int]  # (concurrency, prompts)
     adaptive_prompts: int  # against a server limited to ADAPTIVE_LIMIT in flight
+    overload_prompts: int  # against a server refusing above OVERLOAD_LIMIT in flight
     dask_prompts: int  # at zero latency, c=1024
 
     def prompts_at(self, concurrency: int) -> int:
@@ -62,6 +63,7 @@ FULL = Plan(
     resume_rows=100_000,
     faults=(128, 20_000),
     adaptive_prompts=16_000,
+    overload_prompts=1_500,
     dask_prompts=100_000,
 )
 QUICK = Plan(
@@ -75,6 +77,7 @@ QUICK = Plan(
     resume_rows=5_000,
     faults=(128, 1_500),
     adaptive_prompts=1_600,
+    overload_prompts=1_500,
     dask_prompts=5_000,
 )
 
@@ -476,6 +479,74 @@ def adaptive(bench: Bench, plan: Plan) -> Section:
     return Section("Adaptive concurrency", table(headers, rows) + note)
 
 
+OVERLOAD_LIMIT = 12
+OVERLOAD_STATUSES = (503, 529, 429)
+
+
+def overload_config(plan: Plan, status: int, *, auto: bool) -> Config:
+    """A run against a server that answers ``status`` above 12 in flight: -c auto or -c 12."""
+    faults = (
+        ("max-inflight", float(OVERLOAD_LIMIT)),
+        ("overload-status", float(status)),
+        ("retry-after", 1.0),
+    )
+    if auto:
+        return Config(
+            concurrency=512, prompts=plan.overload_prompts, faults=faults, extra=("--adaptive",)
+        )
+    return Config(concurrency=OVERLOAD_LIMIT, prompts=plan.overload_prompts, faults=faults)
+
+
+def overload(bench: Bench, plan: Plan) -> Section:
+    """-c auto against a server refusing with 503, 529 or 429 above 12 in flight, beside -c 12."""
+    configs = {("503", "-c 12"): overload_config(plan, 503, auto=False)}
+    for status in OVERLOAD_STATUSES:
+        configs[(str(status), "-c auto")] = overload_config(plan, status, auto=True)
+    found = bench.compare([(AIBATCH, cfg) for cfg in configs.values()])
+    fixed = median(r.rows_per_s for r in _good(found[(AIBATCH, configs[("503", "-c 12")])]))
+    rows = []
+    for (status, label), cfg in configs.items():
+        runs = _good(found[(AIBATCH, cfg)])
+        if not runs:
+            rows.append([status, label, _failed(found[(AIBATCH, cfg)]), *["-"] * 4])
+            continue
+        refused = median(
+            (r.outcomes.get("overloaded", 0) + r.outcomes.get("rate_limited", 0))
+            / max(r.chat_requests, 1)
+            for r in runs
+        )
+        rows.append(
+            [
+                status,
+                label,
+                spread([r.rows_per_s for r in runs], num),
+                ratio(median(r.rows_per_s for r in runs) / fixed),
+                spread([r.requests_per_prompt for r in runs], lambda v: num(v, 3)),
+                f"{refused * 100:.1f}%",
+                num(median(r.summary.get("concurrency", cfg.concurrency) for r in runs)),
+            ]
+        )
+    headers = [
+        "server refuses with",
+        "concurrency",
+        "rows/s",
+        "/ -c 12",
+        "requests per row",
+        "requests refused",
+        "settled at",
+    ]
+    n = plan.overload_prompts
+    note = (
+        f"\n\nThe emulator refuses every request above {OVERLOAD_LIMIT} in flight with the "
+        "status shown (Retry-After: 1; 529 with Anthropic's `overloaded_error` body), "
+        f"{LATENCY_MS} ms to the first chunk, {n:,} prompts; the bound is "
+        f"{OVERLOAD_LIMIT / (LATENCY_MS / 1000):,.0f} rows/s. A fixed -c {OVERLOAD_LIMIT} "
+        "never exceeds the limit, whatever the status; requests per row counts token "
+        "requests too. `settled at` is the summary's concurrency."
+    )
+    return Section("Adaptive concurrency under overload", table(headers, rows) + note)
+
+
 def dask(bench: Bench, plan: Plan) -> Section:
     """One process beside 2 Dask workers, at zero latency: the cost of the engine."""
     n = plan.dask_prompts
@@ -528,5 +599,6 @@ SECTIONS: dict[str, Callable[[Bench, Plan], Section]] = {
     "resume": resume,
     "faults": faults,
     "adaptive": adaptive,
+    "overload": overload,
     "dask": dask,
 }

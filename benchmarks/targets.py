@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .measure import AIBATCH, BASELINE, GPT4FREE, Bench, Config, Run, median
 from .report import num, ratio, table
-from .sections import Plan
+from .sections import OVERLOAD_LIMIT, Plan, overload_config
 
 
 def _runs(bench: Bench, client: str, config: Config) -> list[Run]:
@@ -97,6 +97,23 @@ def targets(bench: Bench, plan: Plan) -> str:
                 1.5,
                 at_least=False,
             )
+
+    fixed, auto = (overload_config(plan, 503, auto=a) for a in (False, True))
+    requests_per_row = median(r.requests_per_prompt for r in _runs(bench, AIBATCH, auto))
+    where = f"503 above {OVERLOAD_LIMIT} in flight, {plan.overload_prompts:,} rows"
+    add(
+        f"{where}: -c auto / -c {OVERLOAD_LIMIT} rows/s >= 0.9",
+        _rate(bench, AIBATCH, auto) / _rate(bench, AIBATCH, fixed),
+        0.9,
+        at_least=True,
+    )
+    add(
+        f"{where}: -c auto requests per row <= 1.1",
+        requests_per_row,
+        1.1,
+        at_least=False,
+        shown=num(requests_per_row, 3),
+    )
 
     reruns = bench.reruns
     if reruns:
