@@ -78,7 +78,7 @@ RECORD_SCHEMA = pa.schema(
 _KEY_FIELDS = [("row_key", pa.uint64()), ("request_hash", pa.uint64()), ("row", pa.int64())]
 PART_SCHEMA = pa.schema([*_KEY_FIELDS, *RECORD_SCHEMA])
 
-# Values of Plan.loc below zero; a stored row's location is part << 32 | offset.
+# Values of Plan.loc below zero; a stored row's location is (part's load index) << 32 | offset.
 SKIP = -1
 SEND = -2
 DUPLICATE = -3  # loc = DUPLICATE - primary_row: same request as an earlier row of this run
@@ -191,7 +191,9 @@ class Checkpoint:
         self.restart = restart
         self._lock_fd: int | None = None
         self._next_part = 1
-        self._paths: dict[int, Path] = {}
+        # Parts by load order; a stored row's location names its part by this index, not
+        # by the number in the part's name (two files could carry one number).
+        self._paths: list[Path] = []
         self._cache: OrderedDict[int, pa.Table] = OrderedDict()
         self._keys = np.empty(0, np.uint64)
         self._key_locs = np.empty(0, np.int64)
@@ -271,12 +273,13 @@ class Checkpoint:
                 )
                 path.rename(aside)
                 continue
-            self._paths[number] = path
+            index = len(self._paths)
+            self._paths.append(path)
             n = table.num_rows
             keys.append(table.column("row_key").to_numpy())
             hashes.append(table.column("request_hash").to_numpy())
             oks.append(pc.equal(table.column("status"), "ok").to_numpy(zero_copy_only=False))
-            locs.append((np.int64(number) << _OFFSET_BITS) + np.arange(n, dtype=np.int64))
+            locs.append((np.int64(index) << _OFFSET_BITS) + np.arange(n, dtype=np.int64))
         if not keys:
             return
         key = np.concatenate(keys)
@@ -352,8 +355,9 @@ class Checkpoint:
                 f"cannot write checkpoint {final}: {exc.strerror or exc}; rows stored so far"
                 " are safe, re-run the same command once this is fixed"
             ) from exc
-        self._paths[number] = final
-        return (np.int64(number) << _OFFSET_BITS) + np.arange(len(results), dtype=np.int64)
+        index = len(self._paths)
+        self._paths.append(final)
+        return (np.int64(index) << _OFFSET_BITS) + np.arange(len(results), dtype=np.int64)
 
     def take(self, locs: np.ndarray) -> pa.Table:
         """Stored rows (:data:`RECORD_SCHEMA`) at ``locs``, in order.
@@ -363,14 +367,14 @@ class Checkpoint:
         n = len(locs)
         valid = locs >= 0
         positions = np.flatnonzero(valid)
-        numbers = locs[valid] >> _OFFSET_BITS
+        indexes = locs[valid] >> _OFFSET_BITS
         offsets = locs[valid] & _OFFSET_MASK
         pieces: list[pa.Table] = []
         order = np.empty(n, np.int64)
         filled = 0
-        for number in np.unique(numbers):
-            chosen = numbers == number
-            piece = self._part(int(number)).take(pa.array(offsets[chosen]))
+        for index in np.unique(indexes):
+            chosen = indexes == index
+            piece = self._part(int(index)).take(pa.array(offsets[chosen]))
             order[positions[chosen]] = np.arange(filled, filled + piece.num_rows)
             filled += piece.num_rows
             pieces.append(piece)
@@ -381,10 +385,10 @@ class Checkpoint:
             return RECORD_SCHEMA.empty_table()
         return pa.concat_tables(pieces).take(pa.array(order))
 
-    def _part(self, number: int) -> pa.Table:
-        table = self._cache.get(number)
+    def _part(self, index: int) -> pa.Table:
+        table = self._cache.get(index)
         if table is None:
-            path = self._paths[number]
+            path = self._paths[index]
             try:
                 table = _read_part(path, columns=RECORD_SCHEMA.names)
             except DamagedPart as exc:
@@ -393,11 +397,11 @@ class Checkpoint:
                     " nothing was written: run the same command again, the part will be set"
                     " aside and its rows sent again"
                 ) from exc
-            self._cache[number] = table
+            self._cache[index] = table
             if len(self._cache) > _PART_CACHE:
                 self._cache.popitem(last=False)
         else:
-            self._cache.move_to_end(number)
+            self._cache.move_to_end(index)
         return table
 
 
