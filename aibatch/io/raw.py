@@ -156,6 +156,7 @@ class _Hashing(io.RawIOBase):
         super().__init__()
         self.file = file
         self.hash = new_hash()
+        self.count = 0
 
     def readable(self) -> bool:
         return True
@@ -164,6 +165,7 @@ class _Hashing(io.RawIOBase):
         count = self.file.readinto(buffer)
         if count:
             self.hash.update(memoryview(buffer)[:count])
+            self.count += count
         return count or 0
 
     def close(self) -> None:
@@ -222,6 +224,10 @@ class RawPass:
         while self._file.read(_BUFFER):
             pass
         return self._hashing.hash.digest(), os.fstat(self._hashing.file.fileno())
+
+    def consumed(self) -> tuple[int, bytes]:
+        """How many bytes of the file were read so far, and their digest."""
+        return self._hashing.count, self._hashing.hash.copy().digest()
 
     def close(self) -> None:
         """Close the file."""

@@ -106,13 +106,15 @@ class InputSource:
         """
         left = self.limit
         seen = 0
+        stopped = False
         try:
             with contextlib.closing(self._rows()) as rows:
                 for batch in rows:
                     seen += batch.data.num_rows
                     if left is not None:
                         if left <= 0:
-                            return
+                            stopped = True
+                            break
                         if batch.data.num_rows > left:
                             batch = Batch(
                                 batch.data.slice(0, left),
@@ -124,7 +126,11 @@ class InputSource:
                         batch = Batch(batch.data, batch.start, batch.lines, self.offset)
                     yield batch
                     if left is not None and left <= 0:
-                        return
+                        stopped = True
+                        break
+            if stopped:
+                self._stopped()
+                return
         except InputChanged:
             raise
         except InputError:
@@ -138,20 +144,26 @@ class InputSource:
     def _no_rows_reason(self) -> str:
         return "has no rows"
 
+    def _stopped(self) -> None:
+        """A read that ``limit`` stopped before the end: check what it could."""
+
 
 class FileSource(InputSource):
     """A source read from a file, which must stay as it is while a job reads it.
 
     The first open records the file's :class:`Fingerprint` (identity, size, time) and
     the first read to the end the hash of its bytes; each later read compares the
-    fingerprint when it opens the file and the hash when it reaches the end (a read that
-    ``limit`` stops early is checked by the fingerprint only).
+    fingerprint when it opens the file and the hash when it reaches the end. A read that
+    ``limit`` stops early compares the fingerprint, and the hash of the bytes it had read
+    when it stopped (every read of the same bytes stops at the same byte).
     """
 
     def __init__(self, path: str, **kwargs: Any) -> None:
         super().__init__(path, **kwargs)
         self._fingerprint: Fingerprint | None = None
         self._digest: bytes | None = None
+        self._consumed: tuple[int, bytes] | None = None  # of the last text read
+        self._prefix: tuple[int, bytes] | None = None  # of the first read limit stopped
 
     def check_unchanged(self) -> None:
         """Raise :class:`InputChanged` if the file's identity, size or time changed."""
@@ -195,7 +207,21 @@ class FileSource(InputSource):
             raise self._opened(exc) from exc
         with raw:
             self._compare(raw.stat)
-            yield raw
+            try:
+                yield raw
+            finally:
+                self._consumed = raw.consumed()
+
+    def _stopped(self) -> None:
+        """A read stopped by ``limit``: the same file, with the same bytes as far as it read."""
+        self.check_unchanged()
+        consumed, self._consumed = self._consumed, None
+        if consumed is None:  # Parquet: read by column chunks, checked by fingerprint only
+            return
+        if self._prefix is None:
+            self._prefix = consumed
+        elif consumed != self._prefix:
+            raise InputChanged(self.name, "its first rows changed, though not its size or time")
 
 
 class ParquetSource(FileSource):

@@ -54,10 +54,16 @@ def after_sending(progress: Progress) -> bool:
 
 
 async def run(
-    path: Path, out: Path, provider: ScriptedProvider, on_progress: Callable[[Progress], None]
+    path: Path,
+    out: Path,
+    provider: ScriptedProvider,
+    on_progress: Callable[[Progress], None],
+    limit: int | None = None,
 ) -> None:
-    spec = JobSpec(input=str(path), output=str(out), retry=FAST, concurrency=4, batch_rows=5)
-    source = open_input(str(path), batch_rows=spec.batch_rows)
+    spec = JobSpec(
+        input=str(path), output=str(out), retry=FAST, concurrency=4, batch_rows=5, limit=limit
+    )
+    source = open_input(str(path), batch_rows=spec.batch_rows, limit=limit)
     async with provider:
         await run_partition(
             source, spec, provider, output=out, service="scripted", on_progress=on_progress
@@ -120,6 +126,16 @@ async def test_rows_reordered_after_sending_leave_no_output_and_a_correct_rerun(
 
     pairs = await rerun_answers(path, out)
     assert all(response == echo(prompt) for prompt, response in pairs)
+
+
+async def test_rows_reordered_after_sending_a_limited_run_leave_no_output(tmp_path):
+    path, out = tmp_path / "in.csv", tmp_path / "out.parquet"
+    write_csv(path, PROMPTS)
+    reorder = once_when(after_sending, lambda: rewrite_keeping_size_and_time(path, PROMPTS[::-1]))
+
+    with pytest.raises(InputChanged, match="first rows changed"):
+        await run(path, out, ScriptedProvider(), reorder, limit=15)
+    assert not out.exists()
 
 
 async def test_rows_removed_after_sending_are_an_input_changed_error(tmp_path):
