@@ -167,9 +167,10 @@ def spool_stdin(directory: Path) -> Path:
 def frame_source(frame: Any, **kwargs: Any) -> TableSource:
     """A pandas DataFrame as a source (its index is not kept).
 
-    A column of mixed Python objects that Arrow cannot hold as one type (text beside
-    numbers) is sent as text, with a warning naming it; None and NaN stay null. The
-    caller's frame is not changed.
+    A column of Python objects that are not all of one plain type (text beside numbers,
+    ints beside floats, decimals, lists) is sent as text, each value as it prints (an int
+    stays ``1``, never ``1.0``), with a warning naming the column when the types are
+    mixed; None and NaN stay null. The caller's frame is not changed.
 
     Raises:
         InputError: a column name used twice, or a column that cannot be sent even as text.
@@ -179,32 +180,40 @@ def frame_source(frame: Any, **kwargs: Any) -> TableSource:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise InputError(name, f"names a column twice: {', '.join(map(shown, duplicates))}")
-    try:
-        table = pa.Table.from_pandas(frame, preserve_index=False)
-    except (pa.ArrowException, ValueError, TypeError):
-        columns = [_frame_column(frame, i, names[i], name) for i in range(len(names))]
-        table = pa.Table.from_arrays(columns, names=names)
-    return TableSource(table, **kwargs)
+    columns = [_frame_column(frame, i, names[i], name) for i in range(len(names))]
+    return TableSource(pa.Table.from_arrays(columns, names=names), **kwargs)
+
+
+_PLAIN_TYPES = frozenset({str, int, float, bool})
 
 
 def _frame_column(frame: Any, position: int, column: str, name: str) -> pa.ChunkedArray:
     """One column of a DataFrame as Arrow; a column of mixed objects as text."""
-    try:
-        return pa.Table.from_pandas(frame.iloc[:, [position]], preserve_index=False).column(0)
-    except (pa.ArrowException, ValueError, TypeError) as exc:
-        failure: Exception = exc
     series = frame.iloc[:, position]
+    failure: Exception | None = None
     if series.dtype == object:
         import pandas  # a frame's caller has it; reading files does not need it
 
+        values = series.tolist()
+        kinds = {type(v) for v in values if not (v is None or pandas.isna(v) is True)}
+        if len(kinds) > 1 or not kinds <= _PLAIN_TYPES:
+            try:
+                texts = [_cell_text(value, pandas.isna) for value in values]
+                array = pa.chunked_array([pa.array(texts, pa.string())])
+            except (pa.ArrowException, ValueError, TypeError) as exc:
+                failure = exc
+            else:
+                if len(kinds) > 1:
+                    log.warning(
+                        "column %s holds values of several types: sent as text", shown(column)
+                    )
+                return array
+    if failure is None:
         try:
-            texts = [_cell_text(value, pandas.isna) for value in series.tolist()]
-            array = pa.chunked_array([pa.array(texts, pa.string())])
+            frame_part = frame.iloc[:, [position]]
+            return pa.Table.from_pandas(frame_part, preserve_index=False).column(0)
         except (pa.ArrowException, ValueError, TypeError) as exc:
             failure = exc
-        else:
-            log.warning("column %s holds values of several types: sent as text", shown(column))
-            return array
     reason = (str(failure).strip().splitlines() or [type(failure).__name__])[0]
     raise InputError(name, f"cannot be sent: {reason}", column=column) from failure
 

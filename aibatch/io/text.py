@@ -11,6 +11,8 @@ from __future__ import annotations
 import codecs
 import csv
 import json
+import logging
+import re
 from collections.abc import Generator, Iterator
 from typing import IO, Any
 
@@ -20,9 +22,12 @@ from ..errors import InputError, shown
 from .raw import READ_ERRORS, RawPass, bom_encoding, is_utf8, undecodable_hint
 from .sources import Batch, FileSource
 
+log = logging.getLogger(__name__)
+
 __all__ = ["CsvSource", "JsonlSource", "TextSource"]
 
 _CSV_FIELD_LIMIT = 2**31 - 1
+_CSV_QUOTED = re.compile(r'"(?:[^"]|"")*"', re.DOTALL)  # what a CSV writer quotes: "a ""b"""
 _HEAD = 4096  # bytes read on opening: a byte-order mark, what undecodable bytes may be
 
 
@@ -110,6 +115,7 @@ class CsvSource(TextSource):
         super().__init__(path, **kwargs)
         self.delimiter = delimiter
         self.quoting = quoting
+        self._quoted_columns: set[int] = set()  # warned of: cells that look CSV-quoted
         self.columns, self._width = self._read_header()
 
     def _records(self, handle: IO[str]) -> Iterator[tuple[int, list[str]]]:
@@ -119,7 +125,10 @@ class CsvSource(TextSource):
             for number, text in enumerate(handle, 1):
                 text = text.rstrip("\r\n")
                 if text:
-                    yield number, text.split(delimiter)
+                    fields = text.split(delimiter)
+                    if '"' in text:
+                        self._warn_quoted(number, fields)
+                    yield number, fields
             return
         reader = csv.reader(handle, delimiter=self.delimiter, strict=True)
         line = 1
@@ -130,6 +139,21 @@ class CsvSource(TextSource):
                 line = reader.line_num + 1
         except csv.Error as exc:
             raise InputError(self.name, f"malformed CSV: {exc}", line=line) from exc
+
+    def _warn_quoted(self, line: int, fields: list[str]) -> None:
+        """Say once per column when cells look CSV-quoted: their quotes are sent as text."""
+        for position, field in enumerate(fields):
+            if position not in self._quoted_columns and _CSV_QUOTED.fullmatch(field):
+                self._quoted_columns.add(position)
+                log.warning(
+                    "%s, line %d, column %d: %s looks CSV-quoted, but this file is read"
+                    " without quoting (TSV's default), so the quotes are part of the text;"
+                    " pass --quoting csv if they are not",
+                    self.name,
+                    line,
+                    position + 1,
+                    field[:40],
+                )
 
     def _open_records(self, raw: RawPass) -> Iterator[tuple[int, list[str]]]:
         # Without quoting only \n ends a line: a lone \r is text, as a tab-separated
@@ -294,6 +318,7 @@ class JsonlSource(TextSource):
                     records.append(record)
                     lines.append(number)
                     if len(records) == self.batch_rows:
+                        self.columns = list(keys)  # a read that limit stops still knows them
                         yield Batch(self._batch(list(keys), records, lines), start, lines)
                         start += len(records)
                         records, lines = [], []
@@ -301,7 +326,10 @@ class JsonlSource(TextSource):
                 raise self._decode_error(exc) from exc
             except READ_ERRORS as exc:
                 raise self._read_error(exc, number) from exc
+            if records and not keys:
+                raise InputError(self.name, "holds only empty objects {}: no column to read")
             if records:
+                self.columns = list(keys)
                 yield Batch(self._batch(list(keys), records, lines), start, lines)
             self._finished(*raw.finish())
         self.columns = list(keys)

@@ -927,6 +927,22 @@ def test_a_frame_column_of_mixed_python_types_is_sent_as_text_with_a_warning(cap
     ]
 
 
+def test_a_frame_column_of_ints_beside_floats_sends_each_value_as_it_prints():
+    pandas = pytest.importorskip("pandas")
+    frame = pandas.DataFrame({"prompt": pandas.Series([1, 2.5], dtype=object)})
+
+    assert [row["prompt"] for row in read_rows(frame_source(frame))] == ["1", "2.5"]
+
+
+def test_a_frame_column_of_decimals_keeps_each_decimals_own_digits():
+    pandas = pytest.importorskip("pandas")
+    from decimal import Decimal
+
+    frame = pandas.DataFrame({"prompt": [Decimal("1.10"), Decimal("2")]})
+
+    assert [row["prompt"] for row in read_rows(frame_source(frame))] == ["1.10", "2"]
+
+
 def test_a_frame_column_that_cannot_be_sent_is_an_input_error_naming_it():
     pandas = pytest.importorskip("pandas")
     frame = pandas.DataFrame({"prompt": ["a"], "z": [1 + 2j]})
@@ -947,6 +963,34 @@ def test_a_frame_naming_a_column_twice_is_an_input_error():
 
 
 # Values that must survive exactly
+
+
+def test_a_tsv_cell_that_looks_csv_quoted_warns_once_per_column(tmp_path, caplog):
+    path = write(tmp_path / "in.tsv", 'prompt\tn\n"He said ""hi"""\t1\n"again"\t2\n')
+
+    with caplog.at_level(logging.WARNING, logger="aibatch.io.text"):
+        rows = read_rows(open_input(path))
+
+    assert rows[0]["prompt"] == '"He said ""hi"""'
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1
+    assert "--quoting csv" in warnings[0] and "line 2, column 1" in warnings[0]
+
+
+def test_a_jsonl_read_that_limit_stops_early_knows_its_columns(tmp_path):
+    path = write(tmp_path / "in.jsonl", "".join(f'{{"prompt": "p{i}"}}\n' for i in range(30)))
+    source = open_input(path, limit=2, batch_rows=1)
+
+    list(source.batches())
+
+    assert source.columns == ["prompt"]
+
+
+def test_a_jsonl_file_of_empty_objects_says_so(tmp_path):
+    path = write(tmp_path / "in.jsonl", "{}\n{}\n")
+
+    with pytest.raises(InputError, match="only empty objects"):
+        list(open_input(path).batches())
 
 
 def test_a_one_megabyte_csv_field_round_trips(tmp_path):
