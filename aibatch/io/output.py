@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -172,9 +173,10 @@ class OutputWriter:
     def __enter__(self) -> OutputWriter:
         # Temp files of earlier runs that died while writing this output (the caller holds
         # the output's lock, so no other run is writing it now).
-        prefix = f".{self.path.name}."
+        # Only this output's own temp files: .NAME.PID.tmp, never another output's.
+        own = re.compile(rf"\.{re.escape(self.path.name)}\.\d+\.tmp")
         for stale in self.path.parent.iterdir():
-            if stale.name.startswith(prefix) and stale.name.endswith(".tmp"):
+            if own.fullmatch(stale.name):
                 with contextlib.suppress(OSError):
                     stale.unlink()
         try:

@@ -63,3 +63,20 @@ def test_a_run_with_a_device_output_leaves_the_device_alone(tmp_path: Path) -> N
         aibatch.run_file(source, "/dev/null", emulate=True)
 
     assert Path("/dev/null").is_char_device()
+
+
+def test_opening_an_output_removes_its_own_stale_temp_files_and_no_others(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from aibatch.io.output import OutputWriter
+
+    own = tmp_path / ".out.parquet.4242.tmp"
+    other = tmp_path / ".out.parquet.x.parquet.4242.tmp"  # another output's, in flight
+    own.write_bytes(b"left by a crash")
+    other.write_bytes(b"being written")
+
+    with OutputWriter(tmp_path / "out.parquet", pa.schema([("a", pa.int64())])):
+        pass
+
+    assert not own.exists()
+    assert other.read_bytes() == b"being written"
