@@ -132,6 +132,8 @@ class Emulator:
     ) -> None:
         if latency < 0 or chunk_delay < 0 or chunks < 1:
             raise UsageError("latency and chunk_delay must be >= 0 and chunks >= 1")
+        if not 0 <= port <= 65535:
+            raise UsageError(f"port must be between 0 and 65535, not {port}")
         if protocol not in PROTOCOLS:
             raise UsageError(f"protocol must be one of {', '.join(PROTOCOLS)}")
         if protocol == "aichatonline" and (faults or Faults()).error_event_rate:

@@ -283,8 +283,15 @@ def test_fault_rates_adding_up_to_more_than_one_are_refused_as_a_usage_error():
 
 @pytest.mark.parametrize(
     "options",
-    [{"latency": -1.0}, {"chunk_delay": -0.5}, {"chunks": 0}, {"protocol": "carrier-pigeon"}],
-    ids=["latency", "chunk-delay", "chunks", "protocol"],
+    [
+        {"latency": -1.0},
+        {"chunk_delay": -0.5},
+        {"chunks": 0},
+        {"protocol": "carrier-pigeon"},
+        {"port": 70000},
+        {"port": -1},
+    ],
+    ids=["latency", "chunk-delay", "chunks", "protocol", "port-too-high", "port-negative"],
 )
 def test_settings_that_make_no_sense_are_refused_as_a_usage_error(options):
     with pytest.raises(UsageError):
