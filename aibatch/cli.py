@@ -5,6 +5,7 @@ Exit codes (here and nowhere else; ``aibatch run --help`` ends with them)::
       0  every row ok or skipped, or the failures within --max-failures
       1  some rows failed; the output is still complete, with their errors
       2  could not run: bad option or input, output, checkpoint, API key
+      3  budget (--max-cost) reached: the rows done are written, the rest 'unsent'
      70  internal error (a bug): one line, and the traceback saved in a file
     130  interrupted: run the same command again to resume
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import os
 import signal
@@ -46,10 +48,12 @@ from .jobs.spec import (
 from .providers.faults import PROTOCOLS, Faults
 
 EXIT_OK, EXIT_FAILED_ROWS, EXIT_USAGE, EXIT_SOFTWARE, EXIT_INTERRUPTED = 0, 1, 2, 70, 130
+EXIT_BUDGET = 3
 EXIT_CODES = (
     (EXIT_OK, "every row ok or skipped, or the failures within --max-failures"),
     (EXIT_FAILED_ROWS, "some rows failed; the output is still complete, with their errors"),
     (EXIT_USAGE, "could not run: bad option or input, output, checkpoint, API key"),
+    (EXIT_BUDGET, "budget (--max-cost) reached: the rows done are written, the rest 'unsent'"),
     (EXIT_SOFTWARE, "internal error (a bug): one line, and the traceback saved in a file"),
     (EXIT_INTERRUPTED, "interrupted: run the same command again to resume"),
 )
@@ -210,7 +214,9 @@ def run(ctx: click.Context, /, **opts: Any) -> None:
 
     spec = job_spec(ctx)
     if opts["dry_run"]:
-        click.echo(dry_run_text(spec.input, *preview(spec)))
+        found = preview(spec)
+        click.echo(dry_run_text(spec.input, found))
+        _write_summary(opts["summary_json"], json.dumps(found.to_dict(), indent=2))
         return
     show = not opts["quiet"] and opts["progress"] is not False
     reporter = ProgressReporter(bar=opts["progress"]) if show else None
@@ -224,18 +230,24 @@ def run(ctx: click.Context, /, **opts: Any) -> None:
     finally:
         if reporter is not None:
             reporter.close()
-    if opts["summary_json"]:
-        try:
-            with atomic_write(Path(opts["summary_json"])) as handle:
-                handle.write((summary.to_json() + "\n").encode())
-        except OSError as exc:
-            _fail(f"cannot write --summary-json {opts['summary_json']}: {exc.strerror or exc}")
+    _write_summary(opts["summary_json"], summary.to_json())
     if not opts["quiet"]:
         click.echo(summary_text(summary), err=True)
     if summary.interrupted:
         sys.exit(EXIT_INTERRUPTED)
+    if summary.budget_reached:
+        sys.exit(EXIT_BUDGET)
     if not spec.tolerates(summary.error, summary.rows):
         sys.exit(EXIT_FAILED_ROWS)
+
+
+def _write_summary(path: str | None, text: str) -> None:
+    if path:
+        try:
+            with atomic_write(Path(path)) as handle:
+                handle.write((text + "\n").encode())
+        except OSError as exc:
+            _fail(f"cannot write --summary-json {path}: {exc.strerror or exc}")
 
 
 def job_spec(ctx: click.Context) -> JobSpec:

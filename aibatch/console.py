@@ -23,6 +23,7 @@ from .errors import AibatchError
 if TYPE_CHECKING:
     from .providers import AsyncGeneratorProvider
     from .runner.engine import Progress
+    from .runner.job import Preview
     from .runner.summary import Summary
 
 __all__ = [
@@ -41,6 +42,15 @@ def _duration(seconds: float | None) -> str:
     seconds = int(seconds)
     hours, rest = divmod(seconds, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def usd(amount: float) -> str:
+    """An amount of US dollars: to the cent from $10, else to 4 places, or 2 digits if tiny."""
+    if amount >= 10:
+        return f"${amount:,.2f}"
+    if amount >= 0.001 or amount <= 0:
+        return f"${amount:.4f}"
+    return f"${amount:.{1 - math.floor(math.log10(amount))}f}"
 
 
 def terminal_columns(stream: TextIO) -> int:
@@ -90,6 +100,8 @@ class ProgressReporter:
         parts = [f"{done}/{total} sent", f"ok {p.ok}", f"failed {p.failed}"]
         if p.reused:
             parts.append(f"reused {p.reused}")
+        if p.cost_usd is not None:
+            parts.append(usd(p.cost_usd))
         parts += [f"{p.rate:.1f} rows/s", f"c={p.concurrency}", f"ETA {_duration(p.eta)}"]
         text = " | ".join(parts)
         if self.bar:
@@ -131,7 +143,15 @@ def summary_text(summary: Summary) -> str:
         else "no requests sent"
     )
     lines = []
-    if s.interrupted:
+    if s.budget_reached:
+        budget = usd(s.max_cost) if s.max_cost is not None else "the"
+        lines.append(
+            click.style("Budget reached.", fg="yellow") + f" The {budget} budget could not"
+            f" cover another request: {s.ok} ok, {s.error} failed, {s.skipped} skipped,"
+            f" {s.unsent} unsent -> {s.output}; re-run with a higher --max-cost to send the"
+            " unsent rows."
+        )
+    elif s.interrupted:
         lines.append(
             click.style("Interrupted.", fg="yellow") + " Finished rows are saved in"
             " the checkpoint; run the same command again to resume."
@@ -155,13 +175,40 @@ def summary_text(summary: Summary) -> str:
     if s.errors_by_type:
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(s.errors_by_type.items()))
         lines.append(f"errors: {kinds}")
+    if s.cost_usd is None and s.cost_note:
+        lines.append(f"cost: unknown ({s.cost_note.removeprefix('cost unknown: ')})")
+    elif s.cost_usd is not None and s.requests:
+        lines.append(f"cost: {usd(s.cost_usd)} at {s.cost_note}")
     return "\n".join(lines)
 
 
-def dry_run_text(source: str, rows: int, skipped: int, shown: list[tuple[int, str]]) -> str:
-    """What ``--dry-run`` prints: the row counts, then the first prompts as sent."""
-    head = f"{source}: {rows} rows, {skipped} with an empty prompt (skipped); nothing sent."
-    return "\n".join([head + " First prompts:"] + [f"--- row {r}\n{text}" for r, text in shown])
+def dry_run_text(source: str, found: Preview) -> str:
+    """What ``--dry-run`` prints: the rows a run would send, their cost, the first prompts."""
+    p, e = found, found.estimate
+    where = "" if p.checkpoint_read else " (the Dask engine's checkpoints are not read)"
+    output = (
+        f"{e.output_tokens} a row (assumed: set --max-tokens or --expected-output-tokens)"
+        if e.output_assumed
+        else f"{e.output_tokens} a row at most (--max-tokens)"
+    )
+    lines = [
+        f"{source}: {p.rows} rows, {p.skipped} with an empty prompt (skipped); nothing sent.",
+        f"A run would send {p.to_send} rows{where}: {p.reused} answered in the checkpoint,"
+        f" {p.deduped} duplicates of another row.",
+        f"Input tokens: {e.input_tokens[0]:,} to {e.input_tokens[1]:,} ({e.counted});"
+        f" output tokens: {output}.",
+    ]
+    if e.cost_usd is None:
+        lines.append(f"Cost: unknown ({e.price_note.removeprefix('cost unknown: ')}).")
+    else:
+        middle = e.estimated_cost_usd or 0.0
+        worst = "" if e.worst_case_usd is None else f"; at most {usd(e.worst_case_usd)}"
+        lines.append(
+            f"Cost: {usd(e.cost_usd[0])} to {usd(e.cost_usd[1])}, about {usd(middle)}{worst},"
+            f" at {e.price_note}."
+        )
+    lines.append("First prompts:")
+    return "\n".join(lines + [f"--- row {r}\n{text}" for r, text in p.shown])
 
 
 def _leaves(exc: BaseException) -> Iterator[BaseException]:

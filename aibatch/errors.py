@@ -17,9 +17,9 @@ Every error aibatch raises on purpose is an :class:`AibatchError`::
     │   └── PermanentError    other 4xx: retrying cannot help
     │       └── Unauthorized  the service refused the credentials: the run stops
     ├── CheckpointError       lock held by another run, unreadable state
+    ├── BudgetReached         --max-cost spent: stop starting requests (exit 3)
     └── OutputError           output not writable, column clash, disk full
 
-    ├── BudgetReached         --max-cost spent: stop starting requests (exit 3)
 Retry decisions read the class, never the message. Errors from foreign libraries
 (aiohttp, timeouts, OS errors) are translated once, where they are caught, with
 ``raise ... from exc``. Messages never contain a provider token.
@@ -33,10 +33,10 @@ from os import PathLike
 
 __all__ = [
     "AibatchError",
+    "BudgetReached",
     "CheckpointError",
     "ConnectionRefused",
     "InputChanged",
-    "BudgetReached",
     "InputError",
     "OutputError",
     "Overloaded",
@@ -198,6 +198,23 @@ class CheckpointError(AibatchError):
     """The checkpoint is locked by another run or cannot be read."""
 
 
+class BudgetReached(AibatchError):
+    """The budget (``--max-cost``) cannot cover another request: no more are started.
+
+    Attributes:
+        limit: the budget, in USD.
+        spent: what the run spent, in USD (an answer without usage at its worst case).
+    """
+
+    def __init__(self, limit: float, spent: float) -> None:
+        self.limit = limit
+        self.spent = spent
+        super().__init__(
+            f"the budget of ${limit:g} is spent (${spent:.6g}) and cannot cover another"
+            " request; re-run with a higher --max-cost to send the rest"
+        )
+
+
 class OutputError(AibatchError):
     """The output cannot be written: directory missing, not writable, column clash, disk full."""
 
@@ -220,23 +237,6 @@ def plain_errors() -> Iterator[None]:
         for other in leaves[1:]:
             first.add_note(f"also: {type(other).__name__}: {other}")
         raise first from None
-
-
-class BudgetReached(AibatchError):
-    """The budget (``--max-cost``) cannot cover another request: no more are started.
-
-    Attributes:
-        limit: the budget, in USD.
-        spent: what the run spent, in USD (an answer without usage at its worst case).
-    """
-
-    def __init__(self, limit: float, spent: float) -> None:
-        self.limit = limit
-        self.spent = spent
-        super().__init__(
-            f"the budget of ${limit:g} is spent (${spent:.6g}) and cannot cover another"
-            " request; re-run with a higher --max-cost to send the rest"
-        )
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:

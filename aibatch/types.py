@@ -68,6 +68,7 @@ class RowStatus(enum.StrEnum):
     OK = "ok"
     ERROR = "error"
     SKIPPED = "skipped"
+    UNSENT = "unsent"  # the budget (--max-cost) ran out first: a re-run sends it
 
 
 @dataclass(slots=True, kw_only=True)
@@ -91,3 +92,4 @@ class RowResult:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     finish_reason: str | None = None
+    cost_usd: float | None = None

@@ -80,6 +80,7 @@ def test_output_schema_has_proper_arrow_types(tmp_path: Path, live_emulator: Emu
         "prompt_tokens",
         "completion_tokens",
         "finish_reason",
+        "cost_usd",
         "model",
         "provider",
     ]
@@ -456,5 +457,5 @@ def test_run_help_ends_with_the_exit_codes():
     text = invoke("run", "--help").stdout
 
     codes = text[text.index("Exit codes:") :].split()
-    assert [c for c in codes if c.isdigit()] == ["0", "1", "2", "70", "130"]
+    assert [c for c in codes if c.isdigit()] == ["0", "1", "2", "3", "70", "130"]
     assert text.rstrip().endswith("run the same command again to resume")

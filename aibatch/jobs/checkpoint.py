@@ -73,6 +73,7 @@ RECORD_SCHEMA = pa.schema(
         ("prompt_tokens", pa.int64()),
         ("completion_tokens", pa.int64()),
         ("finish_reason", pa.string()),
+        ("cost_usd", pa.float64()),
     ]
 )
 _KEY_FIELDS = [("row_key", pa.uint64()), ("request_hash", pa.uint64()), ("row", pa.int64())]
@@ -85,7 +86,7 @@ DUPLICATE = -3  # loc = DUPLICATE - primary_row: same request as an earlier row 
 _OFFSET_BITS = 32
 _OFFSET_MASK = (1 << _OFFSET_BITS) - 1
 _PART_CACHE = 32
-_ADDED_COLUMNS = ("prompt_tokens", "completion_tokens", "finish_reason")
+_ADDED_COLUMNS = ("prompt_tokens", "completion_tokens", "finish_reason", "cost_usd")
 
 
 def _digest(data: bytes) -> int:
@@ -138,6 +139,7 @@ def records_table(results: Sequence[RowResult]) -> pa.Table:
         pa.array(column("prompt_tokens"), pa.int64()),
         pa.array(column("completion_tokens"), pa.int64()),
         pa.array(column("finish_reason"), pa.string()),
+        pa.array(column("cost_usd"), pa.float64()),
     ]
     return pa.Table.from_arrays(arrays, schema=PART_SCHEMA)
 
@@ -183,12 +185,15 @@ class Checkpoint:
     Args:
         directory: the checkpoint folder (see :func:`checkpoint_dir`).
         restart: discard what is stored.
+        read_only: only read what is stored, for a dry run's plan: no folder is made,
+            no lock taken, nothing removed or set aside (a damaged part is passed over).
     """
 
-    def __init__(self, directory: Path, *, restart: bool = False) -> None:
+    def __init__(self, directory: Path, *, restart: bool = False, read_only: bool = False) -> None:
         self.directory = directory
         self.parts_dir = directory / "parts"
         self.restart = restart
+        self.read_only = read_only
         self._lock_fd: int | None = None
         self._next_part = 1
         # Parts by load order; a stored row's location names its part by this index, not
@@ -206,6 +211,10 @@ class Checkpoint:
         return f"Checkpoint({str(self.directory)!r}, stored_rows={self.stored_rows})"
 
     def __enter__(self) -> Checkpoint:
+        if self.read_only:
+            if not self.restart and self.parts_dir.is_dir():
+                self._load()
+            return self
         try:
             self.directory.mkdir(mode=DIR_MODE, exist_ok=True)
             self.parts_dir.mkdir(mode=DIR_MODE, exist_ok=True)
@@ -253,7 +262,8 @@ class Checkpoint:
         keys, hashes, locs, oks = [], [], [], []
         for path in sorted(self.parts_dir.iterdir()):
             if path.name.endswith(".tmp"):
-                path.unlink()  # a part a crash interrupted before it was complete
+                if not self.read_only:
+                    path.unlink()  # a part a crash interrupted before it was complete
                 continue
             name = _PART_NAME.fullmatch(path.name)
             if name is None:
@@ -263,6 +273,8 @@ class Checkpoint:
             try:
                 table = _read_part(path, columns=["row_key", "request_hash", "status"])
             except DamagedPart as exc:
+                if self.read_only:
+                    continue  # its rows count as rows to send
                 aside = path.with_name(f"{path.name}.damaged")
                 log.warning(
                     "checkpoint part %s is damaged (%s); set aside as %s, its rows will be"
@@ -362,7 +374,8 @@ class Checkpoint:
     def take(self, locs: np.ndarray) -> pa.Table:
         """Stored rows (:data:`RECORD_SCHEMA`) at ``locs``, in order.
 
-        A :data:`SKIP` location gives a skipped row.
+        A :data:`SKIP` location gives a skipped row, a :data:`SEND` one an unsent row
+        (the budget ran out before it was sent).
         """
         n = len(locs)
         valid = locs >= 0
@@ -379,8 +392,8 @@ class Checkpoint:
             filled += piece.num_rows
             pieces.append(piece)
         if len(positions) < n:
-            pieces.append(_SKIPPED_ROW)
-            order[~valid] = filled
+            pieces.append(_NOT_SENT)
+            order[~valid] = filled + (locs[~valid] == SEND)
         if not pieces:
             return RECORD_SCHEMA.empty_table()
         return pa.concat_tables(pieces).take(pa.array(order))
@@ -405,8 +418,12 @@ class Checkpoint:
         return table
 
 
-_SKIPPED_ROW = pa.Table.from_pylist(
-    [{"status": RowStatus.SKIPPED.value, "attempts": 0}], schema=RECORD_SCHEMA
+_NOT_SENT = pa.Table.from_pylist(  # what take() gives for SKIP, then for SEND
+    [
+        {"status": RowStatus.SKIPPED.value, "attempts": 0},
+        {"status": RowStatus.UNSENT.value, "attempts": 0},
+    ],
+    schema=RECORD_SCHEMA,
 )
 
 

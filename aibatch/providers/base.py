@@ -132,6 +132,9 @@ class AsyncGeneratorProvider:
     sampling_options: ClassVar[frozenset[str]] = frozenset()
     #: whether ``--no-stream`` (one plain JSON answer) is possible
     can_disable_stream: ClassVar[bool] = False
+    #: whether answers carry token usage (``StreamInfo`` prompt and completion tokens):
+    #: costs are known, and ``--max-cost`` possible, only then
+    reports_usage: ClassVar[bool] = False
     #: values the provider sends for options the job leaves unset (in the output metadata)
     request_defaults: ClassVar[Mapping[str, object]] = {}
     #: the provider's own ``create_async_generator``, unwrapped (set for each subclass)

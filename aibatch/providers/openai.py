@@ -168,6 +168,7 @@ class OpenAIChat(AsyncGeneratorProvider, ProviderModelMixin):
         {"temperature", "top_p", "max_tokens", "seed", "stop"}
     )
     can_disable_stream: ClassVar[bool] = True
+    reports_usage: ClassVar[bool] = True
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -11,7 +11,9 @@ same rows and request options is finished: no task is started for it.
 
 ``-c`` and ``--rps`` are the whole job's budget: each running partition gets an equal
 share, ``c // slots`` and ``rps / slots``, where ``slots`` is the number of partitions
-that can run at once (the cluster's worker threads, or fewer partitions).
+that can run at once (the cluster's worker threads, or fewer partitions). ``--max-cost``
+is the whole job's too: each partition to run gets a share in proportion to its rows,
+the shares never adding up to more, so no schedule can pass it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from ..errors import OutputError, UsageError
 from ..io.inputs import PartitionFile, dataset_files, dataset_partitions, open_input
 from ..io.inputs import stage_partitions as _stage
 from ..io.output import concatenate, output_frame, output_schema, read_metadata
+from ..jobs.cost import budget_shares
 from ..jobs.spec import JobSpec
 from .job import arun_frame_spec, arun_job, checked_provider
 from .prompts import PromptBuilder
@@ -116,9 +119,13 @@ def run_dask_job(spec: JobSpec) -> Summary:
                 concurrency=max(1, spec.concurrency // slots),
                 rps=spec.rps / slots if spec.rps else None,
             )
+            specs = [share] * len(todo)
+            if spec.max_cost is not None:
+                weights = [partitions[i].rows for i in todo]
+                specs = [share.replace(max_cost=c) for c in budget_shares(spec.max_cost, weights)]
             futures = client.map(
                 run_partition_task,
-                [share] * len(todo),
+                specs,
                 [partitions[i] for i in todo],
                 [str(outputs[i]) for i in todo],
                 [identity] * len(todo),
@@ -216,6 +223,8 @@ def _finished(
     counts: dict[str, Any] = metadata.get("counts", {})
     if retry_failed and counts.get("error", 0):
         return None
+    if counts.get("unsent", 0):
+        return None  # the budget stopped it: the rest is still to send
     return counts
 
 
@@ -233,6 +242,7 @@ def _aggregate(
         parts.append(part)
     summary = Summary.merge(parts, input=spec.input, output=str(target), provider=spec.provider)
     summary.concurrency = spec.concurrency  # the whole job's budget, shared by partitions
+    summary.max_cost = spec.max_cost
     return summary
 
 
@@ -269,6 +279,8 @@ def run_dask(ddf: Any, **options: Any) -> Any:
     """
     spec = JobSpec(input="<dask>", **options)
     checked_provider(spec)
+    if spec.max_cost is not None:  # the whole frame's budget: an equal share a partition
+        spec = spec.replace(max_cost=budget_shares(spec.max_cost, [1] * ddf.npartitions)[0])
     if spec.output:
         Path(spec.output).mkdir(parents=True, exist_ok=True)
     return ddf.map_partitions(_frame_task, spec, meta=output_frame(ddf._meta))

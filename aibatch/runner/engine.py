@@ -39,10 +39,18 @@ import pyarrow as pa
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._version import __version__
-from ..errors import InputChanged, InputError, ProviderError, Unauthorized, plain_errors
+from ..errors import (
+    BudgetReached,
+    InputChanged,
+    InputError,
+    ProviderError,
+    Unauthorized,
+    plain_errors,
+)
 from ..io.inputs import Batch, InputSource
 from ..io.output import OutputCounts, OutputWriter, assemble, output_schema
 from ..jobs.checkpoint import SEND, Checkpoint, Plan, checkpoint_dir, request_hash, row_key
+from ..jobs.cost import Budget, PriceLookup, look_up_price, max_input_tokens
 from ..jobs.spec import JobSpec
 from ..providers.base import AsyncGeneratorProvider
 from ..types import ChatRequest, Completion, RowResult, RowStatus
@@ -72,6 +80,7 @@ class Progress:
     skipped: int = 0
     deduped: int = 0
     concurrency: int = 0
+    cost_usd: float | None = None  # what this run's answers cost so far, when known
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -166,6 +175,14 @@ class _Partition:
         )
         self.rate = RateLimiter(spec.rps) if spec.rps else None
         self.stopping = False
+        self.budget = Budget(spec.max_cost) if spec.max_cost is not None else None
+        self.budget_stopped = False
+        default = type(provider).request_defaults.get("max_tokens")
+        self.answer_bound = spec.max_tokens or default  # the worst case needs a longest answer
+        self.prices = PriceLookup(None, "")  # looked up in run(), off the event loop
+        self.cost = 0.0  # what this run's answers cost, by the usage each reported
+        self.answers = 0  # answers this run got, retries that were billed included
+        self.uncosted = 0  # of them, those without a cost (no usage, or no price)
         self.requests = 0
         self.garbage_lines = 0
         self.latencies: array[float] = array("d")
@@ -219,19 +236,24 @@ class _Partition:
             )
             self.on_progress(self.progress)
             if plan.to_send:
+                self.prices = await anyio.to_thread.run_sync(self._look_up_price)
                 await self._send(plan, checkpoint)
             del self.keys
             summary.sent = self.progress.done
             summary.requests = self.requests
             summary.concurrency = int(self.limiter.total_tokens)
             summary.garbage_lines = self.garbage_lines
+            summary.cost_usd, summary.cost_note = self._cost_usd(), self._cost_note()
+            summary.max_cost = self.spec.max_cost
             summary.token_requests = self.provider.stats.get("token_requests", 0)
             ordered = sorted(self.latencies)
             summary.latency_p50_ms = percentile(ordered, 50)
             summary.latency_p95_ms = percentile(ordered, 95)
-            if not plan.complete():
+            stopped = self.stop is not None and self.stop.is_set()
+            if not plan.complete() and (stopped or not self.budget_stopped):
                 summary.interrupted = True
-            else:
+            else:  # done, or the budget stopped it: the rows not sent are written "unsent"
+                summary.budget_reached = self.budget_stopped
                 await anyio.to_thread.run_sync(self._write, plan, checkpoint, schema, summary)
         finally:
             checkpoint.close()
@@ -375,7 +397,11 @@ class _Partition:
                     job = await receive(jobs)
                 except anyio.EndOfStream:
                     return
-                result = await self._send_one(job)
+                try:
+                    result = await self._send_one(job)
+                except BudgetReached as exc:
+                    self._budget_reached(exc)
+                    return
                 try:
                     await send(results, result)
                 except anyio.BrokenResourceError:
@@ -384,6 +410,7 @@ class _Partition:
     async def _send_one(self, job: _Job) -> RowResult:
         provider, limiter, rate, adaptive = self.provider, self.limiter, self.rate, self.adaptive
         clock: list[float] = []  # when the first attempt got its turn: latency excludes queueing
+        costs: list[float | None] = []  # of each answer: a billed retry counts too
 
         async def attempt() -> Completion:
             self.requests += 1
@@ -397,6 +424,7 @@ class _Partition:
                 if rate is not None:
                     await rate.wait()
                 completion = await provider.complete(job.request)
+                costs.append(self._answered(completion))
             except ProviderError as exc:
                 if adaptive is not None:  # it tells congestion (429, 503, ...) from faults
                     self._limit(adaptive.failed(exc, limiter.borrowed_tokens))
@@ -407,7 +435,9 @@ class _Partition:
                 self._limit(adaptive.succeeded())
             return completion
 
-        outcome = await call_with_retries(attempt, self.spec.retry)
+        budget = self.budget
+        charged = attempt if budget is None else budget.charging(attempt, self._worst(job), costs)
+        outcome = await call_with_retries(charged, self.spec.retry)
         started, t0 = clock
         latency = (time.perf_counter() - t0) * 1000.0
         result = RowResult(
@@ -438,8 +468,56 @@ class _Partition:
             result.error_type = type(outcome.error).__name__
             result.error = str(outcome.error)
             result.http_status = outcome.error.http_status
+        if costs and None not in costs:
+            result.cost_usd = math.fsum(c for c in costs if c is not None)
         self.latencies.append(latency)
         return result
+
+    def _look_up_price(self) -> PriceLookup:
+        if not self.provider.reports_usage:
+            reason = f"the {self.provider.name} provider reports no token usage"
+            return PriceLookup(None, f"cost unknown: {reason}")
+        spec = self.spec
+        return look_up_price(
+            self.model, input_price=spec.input_price, output_price=spec.output_price
+        )
+
+    def _answered(self, completion: Completion) -> float | None:
+        """The cost of an answer (billed, whatever becomes of it), counted in the run's."""
+        price = self.prices.price
+        cost = None
+        if price is not None:
+            cost = price.answer_cost(completion.prompt_tokens, completion.completion_tokens)
+        self.answers += 1
+        if cost is None:
+            self.uncosted += 1
+        else:
+            self.cost += cost
+        return cost
+
+    def _cost_usd(self) -> float | None:
+        """What this run spent; ``None`` when no answer had a cost (never 0 for unknown)."""
+        return None if self.answers and self.uncosted == self.answers else self.cost
+
+    def _cost_note(self) -> str:
+        note = self.prices.note
+        if self.prices.price is not None and self.uncosted:
+            note += f"; {self.uncosted} answers reported no usage and are not counted"
+        return note
+
+    def _worst(self, job: _Job) -> float:
+        """The most ``job``'s request can cost: what the budget reserves for it."""
+        price = self.prices.price
+        if price is None or not isinstance(self.answer_bound, int):
+            return math.inf  # nothing bounds it: the budget cannot cover it
+        return price.cost(max_input_tokens(job.request), self.answer_bound)
+
+    def _budget_reached(self, exc: BudgetReached) -> None:
+        if not self.budget_stopped:
+            log.warning("stopping: %s; the rows not sent are written as 'unsent'", exc)
+        self.budget_stopped = True
+        self.stopping = True
+        self._reader_scope.cancel()
 
     def _limit(self, limit: int) -> None:
         if limit != self.limiter.total_tokens:
@@ -452,6 +530,7 @@ class _Partition:
         progress.failed += failed
         progress.ok += len(batch) - failed
         progress.concurrency = math.ceil(self.limiter.total_tokens)
+        progress.cost_usd = self._cost_usd() if self.prices.price is not None else None
         self.on_progress(progress)
 
     # 4. write
@@ -485,6 +564,7 @@ class _Partition:
             summary.ok = counts.statuses[RowStatus.OK.value]
             summary.error = counts.statuses[RowStatus.ERROR.value]
             summary.skipped = counts.statuses[RowStatus.SKIPPED.value]
+            summary.unsent = counts.statuses[RowStatus.UNSENT.value]
             summary.errors_by_type = dict(counts.errors_by_type)
             writer.commit(
                 {
@@ -492,5 +572,6 @@ class _Partition:
                     "version": __version__,
                     "options": self.spec.public_options(),
                     "counts": summary.counts(),
+                    "cost_usd": summary.cost_usd,
                 }
             )

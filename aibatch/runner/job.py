@@ -9,18 +9,24 @@ input to :func:`~aibatch.runner.engine.run_partition` as one partition.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import tempfile
+from array import array
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
+import numpy as np
 
 from ..errors import Unauthorized, UsageError, plain_errors
 from ..io.inputs import InputSource, frame_source, open_input, spool_stdin
 from ..io.output import check_output, output_schema, read_frame
+from ..jobs.checkpoint import SEND, Checkpoint, checkpoint_dir, request_hash, row_key
+from ..jobs.cost import Estimate, estimate, look_up_price, request_size
 from ..jobs.spec import JobSpec
 from ..providers import AsyncGeneratorProvider, Emulator, get_provider
 from ..providers.emulator import PROTOCOLS
@@ -30,7 +36,7 @@ from .summary import Summary
 
 log = logging.getLogger(__name__)
 
-__all__ = ["arun_frame_spec", "arun_job", "checked_provider", "preview"]
+__all__ = ["Preview", "arun_frame_spec", "arun_job", "checked_provider", "preview"]
 
 
 async def arun_job(
@@ -102,7 +108,7 @@ async def _arun_job(
                     stream=spec.stream,
                 )
             )
-            service = provider.name + ("+emulator" if spec.emulate else "")
+            service = _service(provider.name, spec)
             return await run_partition(
                 source,
                 spec,
@@ -119,7 +125,8 @@ def checked_provider(spec: JobSpec) -> type[AsyncGeneratorProvider]:
     """The job's provider class, once the job's options are known to suit it.
 
     Raises:
-        UsageError: unknown provider or model, or an option the provider does not take.
+        UsageError: unknown provider or model, an option the provider does not take, or
+            a budget (``--max-cost``) that no price or usage could keep.
     """
     provider = get_provider(spec.provider)
     provider.get_model(spec.model)
@@ -133,7 +140,39 @@ def checked_provider(spec: JobSpec) -> type[AsyncGeneratorProvider]:
         raise UsageError(
             f"--emulate serves the {', '.join(PROTOCOLS)} protocols, not {provider.name}"
         )
+    if spec.max_cost is not None:
+        _check_budget(spec, provider)
     return provider
+
+
+def _answer_bound(spec: JobSpec, provider: type[AsyncGeneratorProvider]) -> int | None:
+    """The longest answer a request may get: ``--max-tokens``, else the provider's."""
+    default = provider.request_defaults.get("max_tokens")
+    return spec.max_tokens or (default if isinstance(default, int) else None)
+
+
+def _check_budget(spec: JobSpec, provider: type[AsyncGeneratorProvider]) -> None:
+    """Refuse ``--max-cost`` where no request's cost could be bounded, before sending."""
+    if not provider.reports_usage:
+        raise UsageError(
+            f"--max-cost needs the token usage of each answer; the {provider.name} provider"
+            " reports none"
+        )
+    if _answer_bound(spec, provider) is None:
+        raise UsageError(
+            "--max-cost needs --max-tokens: without a cap on an answer's length no request's"
+            " cost has an upper bound"
+        )
+    lookup = look_up_price(
+        provider.get_model(spec.model), input_price=spec.input_price, output_price=spec.output_price
+    )
+    if lookup.price is None:
+        raise UsageError(f"--max-cost needs a price: {lookup.note.removeprefix('cost unknown: ')}")
+
+
+def _service(name: str, spec: JobSpec) -> str:
+    """Who answers, as part of every request's hash: the emulator is not the service."""
+    return name + ("+emulator" if spec.emulate else "")
 
 
 def _api_key(spec: JobSpec, provider: type[AsyncGeneratorProvider]) -> str | None:
@@ -196,32 +235,115 @@ async def arun_frame_spec(frame: Any, spec: JobSpec) -> Any:
     return result
 
 
-def preview(spec: JobSpec, count: int = 5) -> tuple[int, int, list[tuple[int, str]]]:
-    """Check every row as a run would, send nothing; return the first prompts.
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Preview:
+    """What a dry run found: the rows, what a run would send, and what it would cost.
 
-    Returns:
-        ``(rows, skipped, [(row, text sent), ...])`` with up to ``count`` prompts.
+    Attributes:
+        rows: input rows.
+        skipped: rows with an empty prompt.
+        to_send: rows a run would send now: not answered in the checkpoint (read, never
+            written), and not duplicates of another row.
+        reused: rows the checkpoint answers.
+        deduped: rows that would share another row's request.
+        shown: the first prompts, ``(row, text sent)``.
+        estimate: the tokens and cost of the rows to send.
+        checkpoint_read: whether the checkpoint was read (not with the Dask engine,
+            whose partitions keep their own).
+    """
+
+    rows: int
+    skipped: int
+    to_send: int
+    reused: int
+    deduped: int
+    shown: list[tuple[int, str]]
+    estimate: Estimate
+    checkpoint_read: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        """The dry run as JSON-ready values (``--summary-json``)."""
+        counts = {
+            "dry_run": True,
+            "rows": self.rows,
+            "skipped": self.skipped,
+            "to_send": self.to_send,
+            "reused": self.reused,
+            "deduped": self.deduped,
+        }
+        return {**counts, **self.estimate.to_dict()}
+
+
+def preview(spec: JobSpec, count: int = 5) -> Preview:
+    """Check every row as a run would, send nothing; plan against the checkpoint, estimate.
+
+    The checkpoint is only read: no lock is taken and nothing is written, so a dry run
+    may look at a job another run is writing.
 
     Raises:
         UsageError: whatever a real run would refuse before sending.
     """
     with _scratch(spec) as scratch:
         source = _open_source(spec, scratch)
-        check_output(spec.output_path(), [spec.input])
-        provider = checked_provider(spec)(base_url=spec.base_url or "http://127.0.0.1")
-        builder = PromptBuilder(spec, provider.get_model(spec.model), source.name)
+        output = check_output(spec.output_path(), [spec.input])
+        provider_class = checked_provider(spec)
+        provider = provider_class(base_url=spec.base_url or "http://127.0.0.1")
+        model = provider.get_model(spec.model)
+        builder = PromptBuilder(spec, model, source.name)
+        service = _service(provider.name, spec)
         if source.columns:
             builder.check_columns(source.columns)
-        rows = skipped = 0
+        keys, hashes, skipped, sizes = array("Q"), array("Q"), bytearray(), array("q")
         shown: list[tuple[int, str]] = []
         for batch in source.batches():
-            builder.ids(batch)
-            for index, request in enumerate(builder.requests(batch)):
+            ids = builder.ids(batch)
+            for index, (row_id, request) in enumerate(
+                zip(ids, builder.requests(batch), strict=True)
+            ):
                 if request is None:
-                    skipped += 1
-                elif len(shown) < count:
+                    keys.append(0)
+                    hashes.append(0)
+                    skipped.append(1)
+                    sizes.extend((0, 0, 0, 0))
+                    continue
+                h = request_hash(request, service)
+                keys.append(row_key(row_id, h))
+                hashes.append(h)
+                skipped.append(0)
+                sizes.extend(request_size(request))
+                if len(shown) < count:
                     shown.append((batch.first_row + index, provider.render(request)))
-            rows += batch.data.num_rows
         builder.check_columns(source.columns)
         output_schema(source.schema())
-    return rows, skipped, shown
+    local = spec.engine == "local"
+    with Checkpoint(
+        checkpoint_dir(output), restart=spec.restart or not local, read_only=True
+    ) as checkpoint:
+        plan = checkpoint.plan(
+            np.frombuffer(keys, np.uint64),
+            np.frombuffer(hashes, np.uint64),
+            np.frombuffer(bytes(skipped), np.uint8).astype(bool),
+            dedupe=spec.dedupe,
+            retry_failed=spec.retry_failed,
+        )
+    lookup = look_up_price(model, input_price=spec.input_price, output_price=spec.output_price)
+    if not provider_class.reports_usage:
+        note = f"the {provider.name} provider reports no token usage: a run records no cost"
+        lookup = dataclasses.replace(lookup, note=f"{lookup.note}; {note}")
+    rows = np.frombuffer(sizes, np.int64).reshape(-1, 4)[plan.loc == SEND]
+    found = estimate(
+        lookup,
+        rows,
+        max_tokens=_answer_bound(spec, provider_class),
+        expected_output_tokens=spec.expected_output_tokens,
+    )
+    return Preview(
+        rows=len(plan.loc),
+        skipped=plan.skipped,
+        to_send=plan.to_send,
+        reused=plan.reused,
+        deduped=plan.deduped,
+        shown=shown,
+        estimate=found,
+        checkpoint_read=local,
+    )

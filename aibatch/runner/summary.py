@@ -24,7 +24,9 @@ class Summary:
     """The outcome of a run.
 
     Attributes:
-        rows: input rows; ``ok + error + skipped == rows`` once the output is written.
+        rows: input rows; ``ok + error + skipped + unsent == rows`` once the output is
+            written.
+        unsent: rows not sent because the budget ran out (``budget_reached``).
         sent: rows sent and stored in this run (fewer than planned when interrupted).
         requests: chat requests made in this run, retries included.
         reused: rows answered from the checkpoint of an earlier run.
@@ -36,6 +38,13 @@ class Summary:
             limit settled).
         interrupted: the run stopped early (Ctrl-C, SIGTERM); no output was written.
         errors_by_type: failed rows per error class.
+        cost_usd: what this run spent, in USD, from the usage the service reported for
+            each answer (retries that were billed included); ``None`` when unknown: no
+            price for the model, or no answer reported usage. Never 0 for unknown.
+        cost_note: the price used and its source, or why the cost is unknown.
+        max_cost: the budget (``--max-cost``), if any.
+        budget_reached: the budget stopped the run: the output holds the rows done, the
+            others are ``unsent``.
     """
 
     input: str
@@ -46,6 +55,7 @@ class Summary:
     ok: int = 0
     error: int = 0
     skipped: int = 0
+    unsent: int = 0
     sent: int = 0
     requests: int = 0
     reused: int = 0
@@ -61,6 +71,10 @@ class Summary:
     latency_p95_ms: float | None = None
     interrupted: bool = False
     errors_by_type: dict[str, int] = field(default_factory=dict)
+    cost_usd: float | None = None
+    cost_note: str = ""
+    max_cost: float | None = None
+    budget_reached: bool = False
 
     @property
     def rows_per_s(self) -> float:
@@ -74,6 +88,7 @@ class Summary:
             "ok": self.ok,
             "error": self.error,
             "skipped": self.skipped,
+            "unsent": self.unsent,
             "reused": self.reused,
             "deduped": self.deduped,
         }
@@ -82,9 +97,11 @@ class Summary:
     def merge(cls, parts: Iterable[Summary], **fields: Any) -> Summary:
         """One summary for a job made of ``parts`` (its partitions).
 
-        Counts add up; errors by type add up per type; the job is interrupted when any
-        part was. Percentiles do not add up: the p50 is the median of the parts' p50s,
-        the p95 the worst part's. ``fields`` set the rest (input, output, ...).
+        Counts add up; errors by type add up per type; the job is interrupted (or
+        stopped by its budget) when any part was; costs add up over the parts whose
+        cost is known (``None`` when none is). Percentiles do not add up: the p50 is the
+        median of the parts' p50s, the p95 the worst part's. ``fields`` set the rest
+        (input, output, ...).
         """
         merged = cls(**fields)
         medians: list[float] = []
@@ -95,6 +112,10 @@ class Summary:
             for kind, count in part.errors_by_type.items():
                 merged.errors_by_type[kind] = merged.errors_by_type.get(kind, 0) + count
             merged.interrupted |= part.interrupted
+            merged.budget_reached |= part.budget_reached
+            if part.cost_usd is not None:
+                merged.cost_usd = (merged.cost_usd or 0.0) + part.cost_usd
+            merged.cost_note = merged.cost_note or part.cost_note
             merged.model = part.model or merged.model
             if part.latency_p50_ms is not None and part.latency_p95_ms is not None:
                 medians.append(part.latency_p50_ms)

@@ -142,6 +142,7 @@ def test_a_run_killed_at_a_seeded_moment_resumes_without_resending_checkpointed_
         "ok": ROWS,
         "error": 0,
         "skipped": 0,
+        "unsent": 0,
         "reused": len(stored),
         "deduped": 0,
     }
