@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 from .errors import (
     AibatchError,
+    BudgetReached,
     CheckpointError,
     InputError,
     OutputError,
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AibatchError",
+    "BudgetReached",
     "CheckpointError",
     "Emulator",
     "Faults",
