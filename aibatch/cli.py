@@ -35,7 +35,7 @@ from click.core import ParameterSource
 from ._version import __version__
 from .console import ProgressReporter, crash_report, dry_run_text, provider_text, summary_text
 from .errors import AibatchError
-from .files import atomic_write
+from .files import write_file
 from .jobs.spec import (
     ENGINES,
     INPUT_FORMATS,
@@ -244,8 +244,7 @@ def run(ctx: click.Context, /, **opts: Any) -> None:
 def _write_summary(path: str | None, text: str) -> None:
     if path:
         try:
-            with atomic_write(Path(path)) as handle:
-                handle.write((text + "\n").encode())
+            write_file(Path(path), (text + "\n").encode())
         except OSError as exc:
             _fail(f"cannot write --summary-json {path}: {exc.strerror or exc}")
 

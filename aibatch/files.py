@@ -13,12 +13,21 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-__all__ = ["DIR_MODE", "FILE_MODE", "AtomicFile", "atomic_write", "fsync_dir", "open_private"]
+__all__ = [
+    "DIR_MODE",
+    "FILE_MODE",
+    "AtomicFile",
+    "atomic_write",
+    "fsync_dir",
+    "open_private",
+    "write_file",
+]
 
 FILE_MODE = 0o664  # less the user's umask: never writable by everyone
 DIR_MODE = 0o775
@@ -101,3 +110,26 @@ def atomic_write(path: Path, *, temp: Path | None = None) -> Iterator[BinaryIO]:
     """
     with AtomicFile(path, temp=temp) as atomic:
         yield atomic.file
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path``: a regular file whole or not at all (:func:`atomic_write`).
+
+    A device or a pipe (``/dev/stdout``, a FIFO) cannot be replaced by a file: it is
+    written to as it is.
+
+    Raises:
+        OSError: the file could not be written (a folder, no permission, a full disk).
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and stat.S_ISDIR(mode):
+        raise IsADirectoryError(21, "is a directory", str(path))
+    if mode is not None and not stat.S_ISREG(mode):
+        with open(path, "wb") as handle:
+            handle.write(data)
+        return
+    with atomic_write(path) as handle:
+        handle.write(data)

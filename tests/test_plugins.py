@@ -193,6 +193,32 @@ def test_a_job_runs_through_the_plugin(plugins, tmp_path: Path):
     assert "I will not shout that" in rows[2]["error"]
 
 
+ONE_METHOD = """
+from aibatch.providers import AsyncGeneratorProvider
+
+
+class OneShot(AsyncGeneratorProvider):
+    name = "oneshot"
+    url = "http://127.0.0.1:9"
+    default_model = "one-1"
+
+    async def create_async_generator(self, model, messages, proxy=None, **kwargs):
+        yield "heard: " + messages[-1]["content"]
+"""
+
+
+def test_a_plugin_of_one_method_runs_a_job_and_its_dry_run(plugins, tmp_path: Path):
+    plugins.install("oneshot", {"oneshot": ONE_METHOD}, {"oneshot": "oneshot:OneShot"})
+    source = prompts_csv(tmp_path / "in.csv", ["hello there"])
+
+    dry = invoke("run", source, "--provider", "oneshot", "--dry-run")
+    result = invoke("run", source, "--provider", "oneshot")
+
+    assert (dry.exit_code, result.exit_code) == (0, 0), result.stderr
+    (row,) = pq.read_table(tmp_path / "in.responses.parquet").to_pylist()
+    assert (row["sent_prompt"], row["response"]) == ("hello there", "heard: hello there")
+
+
 def test_a_rerun_through_the_plugin_resumes(plugins, tmp_path: Path):
     plugins.shouty()
     source = prompts_csv(tmp_path / "in.csv", ["one", "two"])

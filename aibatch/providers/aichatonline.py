@@ -19,7 +19,6 @@ from typing import Any, ClassVar
 import aiohttp
 
 from ..errors import TokenRejected, TransientError, UsageError
-from ..types import ChatRequest
 from ._http import HTTP_ERRORS, LineSplitter, http_error, response_error, timeout_error
 from .base import AsyncGeneratorProvider, ProviderModelMixin, StreamInfo
 from .helpers import format_prompt, get_random_string
@@ -97,10 +96,6 @@ class AiChatOnline(AsyncGeneratorProvider, ProviderModelMixin):
     def stats(self) -> dict[str, int]:
         """Token requests made and token rejections seen by this instance."""
         return {"token_requests": self.tokens.fetches, "token_rejections": self.tokens.rejections}
-
-    def render(self, request: ChatRequest) -> str:
-        """The one prompt string AiChatOnline receives for ``request``."""
-        return format_prompt(request.message_dicts)
 
     async def grab_token(self, session: aiohttp.ClientSession, proxy: str | None) -> str:
         """Ask ``getUniqueId`` for a new token.

@@ -27,6 +27,7 @@ import aiohttp
 
 from ..errors import TransientError, UnknownModelError
 from ..types import ChatRequest, Completion
+from .helpers import format_prompt
 
 __all__ = ["AsyncGeneratorProvider", "ProviderModelMixin", "StreamInfo"]
 
@@ -237,8 +238,13 @@ class AsyncGeneratorProvider:
         return {}
 
     def render(self, request: ChatRequest) -> str:
-        """Return the text this provider sends for ``request`` (kept for auditing)."""
-        raise NotImplementedError
+        """The text recorded as ``sent_prompt`` for ``request``.
+
+        By default the conversation flattened as :func:`format_prompt` does (the one
+        message's text for a single message); a provider that sends something else says
+        what by overriding this.
+        """
+        return format_prompt(request.message_dicts)
 
     def create_async_generator(
         self,

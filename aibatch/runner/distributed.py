@@ -37,7 +37,7 @@ from ..io.inputs import stage_partitions as _stage
 from ..io.output import concatenate, output_frame, output_schema, read_metadata
 from ..jobs.cost import budget_shares
 from ..jobs.spec import JobSpec
-from .job import arun_frame_spec, arun_job, checked_provider
+from .job import arun_frame_spec, arun_job, checked_provider, open_job_input
 from .prompts import PromptBuilder
 from .summary import Summary
 
@@ -174,15 +174,7 @@ def _partitions(spec: JobSpec, folder: Path, model: str) -> list[PartitionFile]:
         builder.check_columns(first.columns)
         output_schema(first.schema())
         return partitions
-    source = open_input(
-        spec.input,
-        input_format=spec.input_format,
-        encoding=spec.encoding,
-        delimiter=spec.delimiter,
-        quoting=spec.quoting,
-        batch_rows=spec.batch_rows,
-        limit=spec.limit,
-    )
+    source = open_job_input(spec)
     builder = PromptBuilder(spec, model, source.name)
     if source.columns:
         builder.check_columns(source.columns)

@@ -36,7 +36,14 @@ from .summary import Summary
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Preview", "arun_frame_spec", "arun_job", "checked_provider", "preview"]
+__all__ = [
+    "Preview",
+    "arun_frame_spec",
+    "arun_job",
+    "checked_provider",
+    "open_job_input",
+    "preview",
+]
 
 
 async def arun_job(
@@ -206,20 +213,30 @@ def _scratch(spec: JobSpec) -> Iterator[Path | None]:
 
 
 def _open_source(spec: JobSpec, scratch: Path | None) -> InputSource:
-    path = spec.input
-    fmt = spec.input_format
-    if path == "-":
-        assert scratch is not None
-        path, fmt = str(spool_stdin(scratch)), fmt or "csv"
+    if spec.input != "-":
+        return open_job_input(spec)
+    assert scratch is not None
+    spooled = str(spool_stdin(scratch))
+    return open_job_input(spec, spooled, input_format=spec.input_format or "csv", name="<stdin>")
+
+
+def open_job_input(
+    spec: JobSpec,
+    path: str | None = None,
+    *,
+    input_format: str | None = None,
+    name: str | None = None,
+) -> InputSource:
+    """``spec``'s input (or ``path``) read as the job's options say: the one place they are."""
     return open_input(
-        path,
-        input_format=fmt,
+        path or spec.input,
+        input_format=input_format or spec.input_format,
         encoding=spec.encoding,
         delimiter=spec.delimiter,
         quoting=spec.quoting,
         batch_rows=spec.batch_rows,
         limit=spec.limit,
-        name="<stdin>" if spec.input == "-" else None,
+        name=name,
     )
 
 
