@@ -22,6 +22,8 @@ from aioresponses import CallbackResult, aioresponses
 from yarl import URL
 
 from aibatch.errors import (
+    ConnectionRefused,
+    Overloaded,
     PermanentError,
     ProviderError,
     RateLimited,
@@ -657,14 +659,26 @@ async def test_401_on_the_token_endpoint_is_not_retried(service, provider):
 # error mapping: other statuses
 
 
-@pytest.mark.parametrize("status", [500, 502, 503, 504, 408])
-async def test_server_trouble_is_a_transient_error_with_its_status(service, provider, status):
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (500, TransientError),
+        (502, TransientError),
+        (503, Overloaded),
+        (504, TransientError),
+        (408, TransientError),
+    ],
+)
+async def test_server_trouble_is_a_transient_error_with_its_status(
+    service, provider, status, expected
+):
     service.token()
     service.chat(b"<html>Bad Gateway</html>", status=status, content_type="text/html")
 
     error = await failure(provider)
 
-    assert type(error) is TransientError
+    assert type(error) is expected
+    assert isinstance(error, TransientError)
     assert error.http_status == status
     assert f"HTTP {status}" in str(error)
     assert len(service.chat_calls) == 1
@@ -692,13 +706,16 @@ async def test_an_error_message_quotes_the_start_of_the_body(service, provider):
     assert len(str(error)) < 400
 
 
-@pytest.mark.parametrize("status", [500, 503])
-async def test_server_trouble_on_the_token_endpoint_is_transient(service, provider, status):
+@pytest.mark.parametrize(("status", "expected"), [(500, TransientError), (503, Overloaded)])
+async def test_server_trouble_on_the_token_endpoint_is_transient(
+    service, provider, status, expected
+):
     service.token(status=status, body="down")
 
     error = await failure(provider)
 
-    assert type(error) is TransientError
+    assert type(error) is expected
+    assert isinstance(error, TransientError)
     assert error.http_status == status
     assert service.chat_calls == []
 
@@ -707,21 +724,22 @@ async def test_server_trouble_on_the_token_endpoint_is_transient(service, provid
 
 
 @pytest.mark.parametrize(
-    "exception",
+    ("exception", "expected"),
     [
-        aiohttp.ClientConnectionError("connection reset by peer"),
-        aiohttp.ServerDisconnectedError(),
-        aiohttp.ClientOSError(104, "Connection reset by peer"),
+        (aiohttp.ClientConnectionError("connection reset by peer"), TransientError),
+        (aiohttp.ServerDisconnectedError(), ConnectionRefused),
+        (aiohttp.ClientOSError(104, "Connection reset by peer"), ConnectionRefused),
     ],
     ids=["connection-error", "server-disconnected", "os-error"],
 )
-async def test_a_connection_failure_on_chat_is_transient(service, provider, exception):
+async def test_a_connection_failure_on_chat_is_transient(service, provider, exception, expected):
     service.token()
     service.chat(exception=exception)
 
     error = await failure(provider)
 
-    assert type(error) is TransientError
+    assert type(error) is expected
+    assert isinstance(error, TransientError)
     assert error.__cause__ is exception
     assert error.http_status is None
 

@@ -18,6 +18,8 @@ from aioresponses import CallbackResult, aioresponses
 from yarl import URL
 
 from aibatch.errors import (
+    ConnectionRefused,
+    Overloaded,
     PermanentError,
     ProviderError,
     RateLimited,
@@ -484,7 +486,8 @@ def test_the_wait_a_429_asks_for_comes_from_the_first_header_that_says(headers, 
         (422, PermanentError),
         (429, RateLimited),
         (500, TransientError),
-        (503, TransientError),
+        (503, Overloaded),
+        (529, Overloaded),
     ],
 )
 def test_statuses_map_to_classes_with_unauthorized_for_401_and_403(status, expected):
@@ -972,13 +975,23 @@ async def test_other_client_errors_are_permanent(server, provider, status):
     assert "maximum context length" in str(error)
 
 
-@pytest.mark.parametrize("status", [500, 502, 503, 504, 408])
-async def test_server_trouble_is_transient(server, provider, status):
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (500, TransientError),
+        (502, TransientError),
+        (503, Overloaded),
+        (504, TransientError),
+        (408, TransientError),
+    ],
+)
+async def test_server_trouble_is_transient(server, provider, status, expected):
     server.answer(b"<html>Bad Gateway</html>", status=status, content_type="text/html")
 
     error = await failure(provider)
 
-    assert type(error) is TransientError
+    assert type(error) is expected
+    assert isinstance(error, TransientError)
     assert error.http_status == status
     assert f"HTTP {status}" in str(error)
 
@@ -993,21 +1006,22 @@ async def test_an_error_message_quotes_only_the_start_of_the_body(server, provid
 
 
 @pytest.mark.parametrize(
-    "exception",
+    ("exception", "expected"),
     [
-        aiohttp.ClientConnectionError("connection reset by peer"),
-        aiohttp.ServerDisconnectedError(),
-        aiohttp.ClientPayloadError("Response payload is not completed"),
-        aiohttp.ClientOSError(104, "Connection reset by peer"),
+        (aiohttp.ClientConnectionError("connection reset by peer"), TransientError),
+        (aiohttp.ServerDisconnectedError(), ConnectionRefused),
+        (aiohttp.ClientPayloadError("Response payload is not completed"), TransientError),
+        (aiohttp.ClientOSError(104, "Connection reset by peer"), ConnectionRefused),
     ],
     ids=["connection-error", "server-disconnected", "payload-cut", "os-error"],
 )
-async def test_a_connection_failure_is_transient(server, provider, exception):
+async def test_a_connection_failure_is_transient(server, provider, exception, expected):
     server.answer(exception=exception)
 
     error = await failure(provider)
 
-    assert type(error) is TransientError
+    assert type(error) is expected
+    assert isinstance(error, TransientError)
     assert error.__cause__ is exception
 
 
