@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import aiohttp
 
 from ..errors import TokenRejected, TransientError, UsageError
-from ._http import HTTP_ERRORS, LineSplitter, http_error, response_error, timeout_error
+from ._http import HTTP_ERRORS, LineSplitter, http_error, response_error
 from .base import AsyncGeneratorProvider, ProviderModelMixin, StreamInfo
 from .helpers import format_prompt, get_random_string
 from .tokens import Token, TokenManager
@@ -102,9 +102,11 @@ class AiChatOnline(AsyncGeneratorProvider, ProviderModelMixin):
 
         Raises:
             TransientError: the request failed or the reply carried no token.
-            RateLimited: the token endpoint answered 429.
+            ConnectionRefused: the token endpoint refused or reset the connection.
+            Overloaded: the token endpoint answered 429, 503 or 529.
         """
         url = f"{self.base_url}{self.token_endpoint}"
+        status: int | None = None
         try:
             async with session.get(
                 url,
@@ -113,15 +115,16 @@ class AiChatOnline(AsyncGeneratorProvider, ProviderModelMixin):
                 proxy=proxy,
                 timeout=self.request_timeout,
             ) as response:
-                if response.status >= 400:
+                status = response.status
+                if status >= 400:
                     raise await response_error(response, "token request (getUniqueId)")
                 payload = await response.json()
         except aiohttp.ContentTypeError as exc:
             raise TransientError("token request (getUniqueId) did not answer JSON") from exc
-        except TimeoutError as exc:
-            raise timeout_error(self.timeout, None) from exc
-        except (aiohttp.ClientError, json.JSONDecodeError) as exc:
+        except json.JSONDecodeError as exc:
             raise TransientError(f"token request (getUniqueId) failed: {exc}") from exc
+        except HTTP_ERRORS as exc:
+            raise http_error(exc, self.timeout, status) from exc
         token = payload.get("data") if isinstance(payload, dict) else None
         if not isinstance(token, str) or not token:
             raise TransientError("token request (getUniqueId) answered without a token")

@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 import aiohttp
 
 from ..errors import (
+    Overloaded,
     PermanentError,
     ProviderError,
     RateLimited,
@@ -59,7 +60,7 @@ _ERROR_TYPES: Mapping[str, tuple[type[ProviderError], int]] = {
     "request_too_large": (PermanentError, 413),
     "rate_limit_error": (RateLimited, 429),
     "api_error": (TransientError, 500),
-    "overloaded_error": (TransientError, 529),
+    "overloaded_error": (Overloaded, 529),
 }
 # Events that carry neither text, usage, nor an error: not decoded at all.
 _SILENT_EVENTS = frozenset({b"ping", b"content_block_start", b"content_block_stop"})
@@ -80,7 +81,8 @@ def error_text(error: object) -> tuple[str, str]:
 def event_error(error: object, *, secret: str | None = None) -> ProviderError:
     """The exception for an ``error`` inside an answer: an event, or a whole body.
 
-    Its type says whether to retry (an ``overloaded_error`` mid-stream is transient);
+    Its type says whether to retry (an ``overloaded_error`` mid-stream is
+    :class:`Overloaded`, so ``-c auto`` cuts as for a 529);
     ``http_status`` is the status that type stands for. ``secret`` (the API key) is
     blanked out of the message, in case the server quotes it.
     """

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import aiohttp
 
 from ..errors import (
+    Overloaded,
     PermanentError,
     ProviderError,
     RateLimited,
@@ -133,6 +134,8 @@ def event_error(
 ) -> ProviderError:
     """The exception for an ``error`` object inside an answer.
 
+    Its ``type`` and ``code`` say whether to retry; an overload (``overloaded`` in
+    either) is :class:`Overloaded` with the 503 it stands for, so ``-c auto`` cuts.
     ``secret`` (the API key) is blanked out of the message, in case the server quotes it.
     """
     fields = error if isinstance(error, dict) else {"message": str(error)}
@@ -146,6 +149,8 @@ def event_error(
         return Unauthorized(message, http_status=http_status)
     if "invalid_request" in kind or "context_length" in kind:
         return PermanentError(message, http_status=http_status)
+    if "overloaded" in kind:
+        return Overloaded(message, http_status=503)
     return TransientError(message, http_status=http_status)
 
 

@@ -755,6 +755,17 @@ async def test_a_cut_payload_is_transient(service, provider):
     assert error.__cause__ is cut
 
 
+async def test_a_refused_token_request_is_connection_refused(service, provider):
+    reset = aiohttp.ClientOSError(104, "Connection reset by peer")
+    service.token(exception=reset)
+
+    error = await failure(provider)
+
+    assert type(error) is ConnectionRefused
+    assert error.__cause__ is reset
+    assert service.chat_calls == []
+
+
 async def test_a_connection_failure_on_the_token_endpoint_is_transient(service, provider):
     refused = aiohttp.ClientConnectionError("connection refused")
     service.token(exception=refused)

@@ -18,6 +18,7 @@ from aioresponses import aioresponses
 from yarl import URL
 
 from aibatch.errors import (
+    Overloaded,
     PermanentError,
     ProviderError,
     RateLimited,
@@ -234,7 +235,7 @@ def test_an_error_event_ends_the_reading_keeping_the_text_before_it():
 @pytest.mark.parametrize(
     ("kind", "error_class", "status"),
     [
-        ("overloaded_error", TransientError, 529),
+        ("overloaded_error", Overloaded, 529),
         ("api_error", TransientError, 500),
         ("rate_limit_error", RateLimited, 429),
         ("invalid_request_error", PermanentError, 400),
@@ -475,12 +476,21 @@ async def test_a_stream_cut_before_its_stop_is_transient(mocked, provider):
 
 
 async def test_an_error_event_mid_stream_fails_the_request(mocked, provider):
-    answer(mocked, start() + delta("half") + error_event("overloaded_error"))
+    answer(mocked, start() + delta("half") + error_event("api_error"))
 
     error = await failure(provider)
 
     assert type(error) is TransientError
-    assert "overloaded_error" in str(error)
+    assert "api_error" in str(error)
+
+
+async def test_an_overloaded_error_mid_stream_is_overloaded_as_a_529(mocked, provider):
+    answer(mocked, start() + delta("half") + error_event("overloaded_error"))
+
+    error = await failure(provider)
+
+    assert type(error) is Overloaded
+    assert error.http_status == 529
 
 
 # --no-stream

@@ -12,6 +12,7 @@ import pytest
 from yarl import URL
 
 from aibatch.errors import (
+    ConnectionRefused,
     Overloaded,
     ProviderError,
     RateLimited,
@@ -516,7 +517,7 @@ async def test_a_stopped_emulator_refuses_connections():
     async with AiChatOnline(base_url=base_url) as p:
         error = await failure(p, ask("hi"))
 
-    assert type(error) is TransientError
+    assert type(error) is ConnectionRefused
 
 
 def test_answers_are_deterministic_and_depend_on_the_prompt():

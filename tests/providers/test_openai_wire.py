@@ -411,6 +411,22 @@ def test_an_error_event_is_never_taken_as_text():
         parser.feed(sse({"error": {"message": "overloaded", "type": "server_error"}}))
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [{"type": "overloaded_error", "code": None}, {"type": "server_error", "code": "overloaded"}],
+    ids=["type", "code"],
+)
+def test_an_overload_error_event_is_overloaded_as_a_503(fields):
+    parser = SseParser(StreamInfo(http_status=200))
+    stream = sse(chunk("partial "), {"error": {"message": "too busy", **fields}})
+
+    with pytest.raises(ProviderError) as caught:
+        parser.feed(stream)
+
+    assert type(caught.value) is Overloaded
+    assert caught.value.http_status == 503
+
+
 def test_an_error_that_is_a_plain_string_is_transient_and_quoted():
     error = event_error("upstream exploded", 200)
 
