@@ -156,6 +156,22 @@ def test_seed_is_refused_with_exit_2_and_nothing_sent(tmp_path: Path):
     assert sent == 0
 
 
+def test_a_temperature_above_1_is_refused_with_exit_2_and_nothing_sent(tmp_path: Path):
+    source = prompts_csv(tmp_path, questions(2))
+
+    with anthropic_emulator() as emu:
+        result = run_anthropic(source, emu.base_url, "--temperature", 1.5)
+        sent = emu.stats.chat_requests
+
+    assert result.exit_code == 2
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .endswith("the anthropic provider takes --temperature from 0 to 1, not 1.5")
+    )
+    assert sent == 0
+
+
 def test_top_k_is_taken_by_anthropic(tmp_path: Path):
     source = prompts_csv(tmp_path, questions(2))
 

@@ -257,6 +257,7 @@ class AnthropicMessages(AsyncGeneratorProvider, ProviderModelMixin):
     sampling_options: ClassVar[frozenset[str]] = frozenset(
         {"temperature", "top_p", "top_k", "max_tokens", "stop"}
     )
+    sampling_bounds: ClassVar[Mapping[str, tuple[float, float]]] = {"temperature": (0.0, 1.0)}
     can_disable_stream: ClassVar[bool] = True
     reports_usage: ClassVar[bool] = True
     #: ``max_tokens`` is required by the API: this, unless the job sets it

@@ -131,6 +131,9 @@ class AsyncGeneratorProvider:
     api_key_env: ClassVar[str | None] = None
     #: request options (``--temperature`` and the like) the provider sends
     sampling_options: ClassVar[frozenset[str]] = frozenset()
+    #: inclusive ``(low, high)`` bounds of sampling options narrower than the job's own
+    #: (``temperature`` 0 to 1 for Anthropic): refused before anything is sent
+    sampling_bounds: ClassVar[Mapping[str, tuple[float, float]]] = {}
     #: whether ``--no-stream`` (one plain JSON answer) is possible
     can_disable_stream: ClassVar[bool] = False
     #: whether answers carry token usage (``StreamInfo`` prompt and completion tokens):

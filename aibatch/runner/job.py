@@ -132,8 +132,8 @@ def checked_provider(spec: JobSpec) -> type[AsyncGeneratorProvider]:
     """The job's provider class, once the job's options are known to suit it.
 
     Raises:
-        UsageError: unknown provider or model, an option the provider does not take, or
-            a budget (``--max-cost``) that no price or usage could keep.
+        UsageError: unknown provider or model, an option the provider does not take (or
+            not at that value), or a budget (``--max-cost``) that no price or usage could keep.
     """
     provider = get_provider(spec.provider)
     provider.get_model(spec.model)
@@ -141,6 +141,17 @@ def checked_provider(spec: JobSpec) -> type[AsyncGeneratorProvider]:
     if unsupported:
         options = ", ".join("--" + name.replace("_", "-") for name in unsupported)
         raise UsageError(f"the {provider.name} provider does not take {options}")
+    for name, value in spec.sampling():
+        bounds = provider.sampling_bounds.get(name)
+        if (
+            bounds is not None
+            and isinstance(value, int | float)
+            and not (bounds[0] <= value <= bounds[1])
+        ):
+            raise UsageError(
+                f"the {provider.name} provider takes --{name.replace('_', '-')} from"
+                f" {bounds[0]:g} to {bounds[1]:g}, not {value:g}"
+            )
     if not spec.stream and not provider.can_disable_stream:
         raise UsageError(f"the {provider.name} provider always streams; drop --no-stream")
     if spec.emulate and provider.name not in PROTOCOLS:
