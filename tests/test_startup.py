@@ -49,6 +49,17 @@ def test_help_and_version_import_no_data_or_network_library(args: list[str]):
     assert done.stdout.splitlines()[-1] == "[]"
 
 
+def test_every_class_of_the_error_tree_is_exported_from_the_package():
+    code = (
+        "import aibatch, aibatch.errors as e; print(sorted(n for n in e.__all__"
+        " if isinstance(getattr(e, n), type) and n not in aibatch.__all__))"
+    )
+
+    done = python("-c", code)
+
+    assert done.stdout.splitlines() == ["[]"], done.stderr
+
+
 def test_the_public_api_still_imports_by_name():
     code = (
         "from aibatch import run_file, run_frame, arun_file, Summary, Emulator, Faults,"
