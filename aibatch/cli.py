@@ -154,8 +154,9 @@ _run_options = _options(
          help="Variable holding the API key [default: the provider's, e.g. OPENAI_API_KEY"
               " or ANTHROPIC_API_KEY]."),
     _job("-c", "--concurrency", type=str,
-         help="Requests in flight at once, or auto (adapt to 429s)."),
-    _job("--adaptive", is_flag=True, help="Adapt to 429s, with -c as the ceiling."),
+         help="Requests in flight at once, or auto (adapt to overload: 429, 503, 529)."),
+    _job("--adaptive", is_flag=True,
+         help="Adapt to overload (429, 503, 529), with -c as the ceiling."),
     _job("--rps", type=_POSITIVE, help="Request starts per second."),
     _job("--temperature", type=click.FloatRange(0, 2), help="Sampling temperature."),
     _job("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Nucleus sampling."),

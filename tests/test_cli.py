@@ -453,6 +453,13 @@ def test_provider_help_names_the_command_that_lists_them():
     assert "aibatch providers" in (provider.help or "")
 
 
+@pytest.mark.parametrize("name", ["concurrency", "adaptive"])
+def test_adaptive_concurrency_help_names_every_overload_status(name: str):
+    (option,) = [p for p in main.commands["run"].params if p.name == name]
+
+    assert "429, 503, 529" in (option.help or "")
+
+
 def test_run_help_ends_with_the_exit_codes():
     text = invoke("run", "--help").stdout
 
