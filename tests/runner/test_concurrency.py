@@ -389,18 +389,29 @@ ROWS = 600
 SERVER_LIMIT = 12
 
 
-@pytest.mark.parametrize("status", [503, 529, 429])
+@pytest.mark.parametrize(
+    ("protocol", "status"),
+    [
+        ("aichatonline", 503),
+        ("aichatonline", 529),
+        ("aichatonline", 429),
+        ("openai", 503),
+        ("anthropic", 529),
+    ],
+)
 async def test_auto_against_a_server_refusing_above_12_in_flight_settles_under_12(
-    tmp_path: Path, status: int
+    tmp_path: Path, protocol: str, status: int
 ):
     source = tmp_path / "in.csv"
     source.write_text("prompt\n" + "".join(f"question {i}\n" for i in range(ROWS)))
     faults = Faults(max_inflight=SERVER_LIMIT, overload_status=status, retry_after=0.01)
-    emulator = Emulator(latency=0.02, faults=faults)
+    emulator = Emulator(latency=0.02, faults=faults, protocol=protocol)
     async with emulator as base_url:
         summary = await arun_file(
             source,
             tmp_path / "out.parquet",
+            provider=protocol,
+            emulate=False,
             concurrency=512,
             adaptive=True,
             base_url=base_url,
