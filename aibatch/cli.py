@@ -302,31 +302,13 @@ def providers() -> None:
             click.echo(f"{name}: {exc}")
 
 
-_FAULT_HELP = {
-    "error_rate": "Share of HTTP 500s.",
-    "rate_limit_rate": "Share of 429s.",
-    "retry_after": "Seconds sent in Retry-After.",
-    "cut_rate": "Share of streams cut mid-way.",
-    "garbage_rate": "Share of streams with garbage lines.",
-    "stall_rate": "Share of requests whose first byte stalls.",
-    "stall_seconds": "How long a stall lasts.",
-    "overload_rate": "Share of overloaded answers (529 anthropic, else 503).",
-    "error_event_rate": "Share of streams ending in an error event mid-way.",
-    "token_max_uses": "A token expires after N uses.",
-    "token_max_age": "A token expires after S seconds.",
-    "token_concurrency": "Requests in flight per token (429 above).",
-    "max_inflight": "Requests in flight in all (--overload-status above).",
-    "overload_status": "Status above --max-inflight: 429, 503 or 529.",
-    "max_rps": "Requests per second in all (429 above).",
-    "seed": "Seed of the fault draws.",
-}
 _fault_options = _options(*(
     click.option(
         "--" + field.name.replace("_", "-"),
         type=int if "int" in str(field.type) else float,
         default=field.default,
         show_default=field.default is not None,
-        help=_FAULT_HELP[field.name],
+        help=field.metadata["help"],
     )
     for field in dataclasses.fields(Faults)
 ))  # fmt: skip
@@ -354,7 +336,7 @@ def emulate(api_key_env: str | None, **options: Any) -> None:
     api_key = os.environ.get(api_key_env) if api_key_env else None
     if api_key_env and not api_key:
         _fail(f"the environment variable {api_key_env} (--api-key-env) is not set")
-    faults = {name: options.pop(name) for name in _FAULT_HELP}
+    faults = {field.name: options.pop(field.name) for field in dataclasses.fields(Faults)}
     try:
         emulator = Emulator(**options, faults=Faults(**faults), api_key=api_key)
     except AibatchError as exc:

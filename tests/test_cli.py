@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import json
 import subprocess
@@ -445,6 +446,15 @@ def test_every_option_has_a_description(command: str):
     options = [p for p in main.commands[command].params if isinstance(p, click.Option)]
 
     assert [p.name for p in options if not p.help] == []
+
+
+def test_emulate_fault_options_take_their_help_from_the_faults_fields():
+    helps = {p.name: p.help for p in main.commands["emulate"].params}
+
+    fields = dataclasses.fields(Faults)
+    assert {f.name: helps.get(f.name) for f in fields} == {
+        f.name: f.metadata.get("help") for f in fields
+    }
 
 
 def test_provider_help_names_the_command_that_lists_them():

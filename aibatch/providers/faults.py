@@ -6,7 +6,7 @@ build ``aibatch emulate``'s options without importing it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import UsageError
 
@@ -16,6 +16,11 @@ PROTOCOLS = ("aichatonline", "openai", "anthropic")
 
 #: what a server may answer when it is too busy: 429, 503, and Anthropic's 529
 OVERLOAD_STATUSES = (429, 503, 529)
+
+
+def _help(text: str) -> dict[str, str]:
+    """A fault field's metadata: the one-line help of its ``aibatch emulate`` option."""
+    return {"help": text}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -46,27 +51,47 @@ class Faults:
         max_rps: chat requests the server takes per second (above: 429).
         seed: seed of the fault draws.
 
+    Each field's ``metadata["help"]`` is the help of its ``aibatch emulate`` option.
+
     Raises:
         UsageError: a rate outside [0, 1], rates adding up to more than 1, or an
             ``overload_status`` other than those of :data:`OVERLOAD_STATUSES`.
     """
 
-    error_rate: float = 0.0
-    rate_limit_rate: float = 0.0
-    retry_after: float = 1.0
-    cut_rate: float = 0.0
-    garbage_rate: float = 0.0
-    stall_rate: float = 0.0
-    stall_seconds: float = 30.0
-    overload_rate: float = 0.0
-    error_event_rate: float = 0.0
-    token_max_uses: int | None = None
-    token_max_age: float | None = None
-    token_concurrency: int | None = None
-    max_inflight: int | None = None
-    overload_status: int = 429
-    max_rps: int | None = None
-    seed: int = 0
+    error_rate: float = field(default=0.0, metadata=_help("Share of HTTP 500s."))
+    rate_limit_rate: float = field(default=0.0, metadata=_help("Share of 429s."))
+    retry_after: float = field(default=1.0, metadata=_help("Seconds sent in Retry-After."))
+    cut_rate: float = field(default=0.0, metadata=_help("Share of streams cut mid-way."))
+    garbage_rate: float = field(default=0.0, metadata=_help("Share of streams with garbage lines."))
+    stall_rate: float = field(
+        default=0.0, metadata=_help("Share of requests whose first byte stalls.")
+    )
+    stall_seconds: float = field(default=30.0, metadata=_help("How long a stall lasts."))
+    overload_rate: float = field(
+        default=0.0, metadata=_help("Share of overloaded answers (529 anthropic, else 503).")
+    )
+    error_event_rate: float = field(
+        default=0.0, metadata=_help("Share of streams ending in an error event mid-way.")
+    )
+    token_max_uses: int | None = field(
+        default=None, metadata=_help("A token expires after N uses.")
+    )
+    token_max_age: float | None = field(
+        default=None, metadata=_help("A token expires after S seconds.")
+    )
+    token_concurrency: int | None = field(
+        default=None, metadata=_help("Requests in flight per token (429 above).")
+    )
+    max_inflight: int | None = field(
+        default=None, metadata=_help("Requests in flight in all (--overload-status above).")
+    )
+    overload_status: int = field(
+        default=429, metadata=_help("Status above --max-inflight: 429, 503 or 529.")
+    )
+    max_rps: int | None = field(
+        default=None, metadata=_help("Requests per second in all (429 above).")
+    )
+    seed: int = field(default=0, metadata=_help("Seed of the fault draws."))
 
     def __post_init__(self) -> None:
         rates = (
