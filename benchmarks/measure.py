@@ -35,7 +35,15 @@ REPO = Path(__file__).resolve().parent.parent
 CHUNKS = 8
 AIBATCH, GPT4FREE, BASELINE = "aibatch", "gpt4free", "baseline"
 CLIENTS = (AIBATCH, GPT4FREE, BASELINE)
-CLIENT_MODULES = {GPT4FREE: "benchmarks.g4f_client", BASELINE: "benchmarks.baseline"}
+# the official SDKs' async clients, against the emulator speaking their protocol
+ANTHROPIC_SDK, OPENAI_SDK = "anthropic-sdk", "openai-sdk"
+SDK_CLIENTS = {"anthropic": ANTHROPIC_SDK, "openai": OPENAI_SDK}
+CLIENT_MODULES = {
+    GPT4FREE: "benchmarks.g4f_client",
+    BASELINE: "benchmarks.baseline",
+    ANTHROPIC_SDK: "benchmarks.anthropic_sdk",
+    OPENAI_SDK: "benchmarks.openai_sdk",
+}
 # 10% of chat requests fail: HTTP 500, 429 with Retry-After: 1, or a stream cut mid-way.
 MIXED_FAULTS = {
     "error-rate": 0.034,
@@ -55,6 +63,7 @@ class Config:
     faults: tuple[tuple[str, float], ...] = ()
     input_format: str = "csv"  # of aibatch's input; the other clients take a count
     extra: tuple[str, ...] = ()  # more `aibatch run` options (--adaptive, --engine dask, ...)
+    protocol: str = "aichatonline"  # the emulator's (`--protocol`); aibatch's --provider
 
     @property
     def bound(self) -> float:
@@ -64,10 +73,16 @@ class Config:
     def describe(self) -> str:
         faults = " + faults" if self.faults else ""
         extra = f" {' '.join(self.extra)}" if self.extra else ""
+        protocol = f"{self.protocol}, " if self.protocol != "aichatonline" else ""
         return (
-            f"c={self.concurrency}{extra}, {self.prompts:,} prompts, "
+            f"{protocol}c={self.concurrency}{extra}, {self.prompts:,} prompts, "
             f"{self.latency * 1000:g} ms{faults}"
         )
+
+    @property
+    def emulator_key(self) -> tuple[float, tuple[tuple[str, float], ...], str]:
+        """What the emulator process serves: configs with the same key share one."""
+        return (self.latency, self.faults, self.protocol)
 
 
 @dataclass(slots=True)
@@ -171,6 +186,7 @@ class Bench:
             latency=config.latency,
             chunks=CHUNKS,
             faults=dict(config.faults),
+            protocol=config.protocol,
             log=self.workdir / "emulator.log",
         )
 
@@ -192,6 +208,7 @@ class Bench:
                 "--no-progress",
                 "--summary-json",
                 str(run_dir / "summary.json"),
+                *(("--provider", config.protocol) if config.protocol != "aichatonline" else ()),
                 *config.extra,
             ]
         module = CLIENT_MODULES[client]
@@ -316,17 +333,16 @@ class Bench:
             names = ", ".join(f"{client} ({config.describe()})" for client, config in todo)
             self.log(f"  {names} x {reps}")
             with contextlib.ExitStack() as stack:
-                emulators: dict[tuple[float, tuple[tuple[str, float], ...]], EmulatorProcess] = {}
+                emulators: dict[object, EmulatorProcess] = {}
                 for _, config in todo:
-                    key = (config.latency, config.faults)
-                    if key not in emulators:
-                        emulators[key] = stack.enter_context(self.emulator(config))
+                    if config.emulator_key not in emulators:
+                        emulators[config.emulator_key] = stack.enter_context(self.emulator(config))
                 for rep in range(reps):
                     shift = rep % len(todo)
                     for client, config in todo[shift:] + todo[:shift]:
                         runs = self.runs.setdefault((client, config), [])
                         if len(runs) <= rep:
-                            emulator = emulators[(config.latency, config.faults)]
+                            emulator = emulators[config.emulator_key]
                             runs.append(self.run_one(client, config, emulator))
         return {e: self.runs[e][:reps] for e in entries}
 

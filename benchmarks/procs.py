@@ -75,13 +75,20 @@ class EmulatorProcess:
         latency: seconds to the first chunk.
         chunks: chunks per answer.
         faults: extra ``aibatch emulate`` options, e.g. ``{"error-rate": 0.05}``.
+        protocol: the wire protocol it serves (``--protocol``).
         log: file for its stderr.
     """
 
     START_TIMEOUT = 30.0
 
     def __init__(
-        self, *, latency: float, chunks: int, faults: dict[str, Any] | None, log: Path
+        self,
+        *,
+        latency: float,
+        chunks: int,
+        faults: dict[str, Any] | None,
+        log: Path,
+        protocol: str = "aichatonline",
     ) -> None:
         self.command = [
             *venv_command("aibatch"),
@@ -94,6 +101,8 @@ class EmulatorProcess:
             f"{latency:g}",
             "--chunks",
             str(chunks),
+            "--protocol",
+            protocol,
         ]
         for key, value in (faults or {}).items():
             self.command += [f"--{key}", f"{value:g}" if isinstance(value, float) else str(value)]
@@ -154,7 +163,8 @@ class EmulatorProcess:
         return proc_cpu_seconds(self.pid)
 
     def stats(self) -> dict[str, Any]:
-        with _OPENER.open(f"{self.url}/stats", timeout=30) as response:
+        root = self.url.removesuffix("/v1")  # the openai protocol's base URL ends in /v1
+        with _OPENER.open(f"{root}/stats", timeout=30) as response:
             data: dict[str, Any] = json.load(response)
         return data
 

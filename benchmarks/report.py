@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("aibatch", "aiohttp", "anyio", "pandas", "pyarrow", "g4f")
+PACKAGES = ("aibatch", "aiohttp", "anyio", "pandas", "pyarrow", "g4f", "anthropic", "openai")
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:

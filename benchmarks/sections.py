@@ -17,6 +17,7 @@ from .measure import (
     CLIENTS,
     GPT4FREE,
     MIXED_FAULTS,
+    SDK_CLIENTS,
     Bench,
     Config,
     Run,
@@ -43,6 +44,7 @@ class Plan:
     adaptive_prompts: int  # against a server limited to ADAPTIVE_LIMIT in flight
     overload_prompts: int  # against a server refusing above OVERLOAD_LIMIT in flight
     dask_prompts: int  # at zero latency, c=1024
+    sdk: tuple[tuple[int, int], ...]  # (concurrency, prompts) at 50 ms, aibatch beside an SDK
 
     def prompts_at(self, concurrency: int) -> int:
         for c, n in (*self.throughput, self.cost):
@@ -65,6 +67,7 @@ FULL = Plan(
     adaptive_prompts=16_000,
     overload_prompts=1_500,
     dask_prompts=100_000,
+    sdk=((32, 6_400), (128, 25_600)),  # 10 s at the bound
 )
 QUICK = Plan(
     name="quick",
@@ -79,6 +82,7 @@ QUICK = Plan(
     adaptive_prompts=1_600,
     overload_prompts=1_500,
     dask_prompts=5_000,
+    sdk=((32, 640), (128, 2_560)),  # 1 s at the bound
 )
 
 
@@ -591,6 +595,74 @@ def dask(bench: Bench, plan: Plan) -> Section:
     return Section("One process and Dask", table(headers, rows) + note)
 
 
+def _beside_sdk(protocol: str, title: str) -> Callable[[Bench, Plan], Section]:
+    """A section: ``aibatch run --provider PROTOCOL`` beside that protocol's official SDK."""
+    sdk = SDK_CLIENTS[protocol]
+
+    def section(bench: Bench, plan: Plan) -> Section:
+        rows = []
+        for c, n in plan.sdk:
+            config = Config(concurrency=c, prompts=n, protocol=protocol)
+            found = bench.compare_clients([AIBATCH, sdk], config)
+            sdk_runs = _good(found[sdk])
+            sdk_rate = median(r.rows_per_s for r in sdk_runs)
+            sdk_cpu = median(r.cpu_per_prompt for r in sdk_runs)
+            for client in (AIBATCH, sdk):
+                runs = _good(found[client])
+                if not runs:
+                    rows.append([f"{c:,}", f"{n:,}", client, _failed(found[client]), *["-"] * 8])
+                    continue
+                rate = median(r.rows_per_s for r in runs)
+                cpu = median(r.cpu_per_prompt for r in runs)
+                rows.append(
+                    [
+                        f"{c:,}",
+                        f"{n:,}",
+                        client,
+                        spread([r.rows_per_s for r in runs], num),
+                        ratio(rate / config.bound),
+                        ratio(rate / sdk_rate),
+                        spread([r.cpu_per_prompt * 1000 for r in runs], sig),
+                        ratio(cpu / sdk_cpu),
+                        f"{median(r.client_cores for r in runs):.2f}",
+                        f"{median(r.emulator_cores for r in runs):.2f}",
+                        num(median(r.peak_rss_mb for r in runs)),
+                        spread([r.connections / n for r in runs], lambda v: num(v, 3)),
+                    ]
+                )
+        headers = [
+            "concurrency",
+            "prompts",
+            "client",
+            "rows/s median (range)",
+            f"/ bound (c / {LATENCY_MS} ms)",
+            f"/ {sdk}",
+            "CPU ms per prompt",
+            f"/ {sdk}",
+            "client cores",
+            "emulator cores",
+            "peak RSS MB",
+            "connections per prompt",
+        ]
+        note = (
+            f"\n\n`aibatch emulate --protocol {protocol}`, {LATENCY_MS} ms to the first chunk, "
+            f"8 chunks per answer, in its own process. aibatch: `aibatch run --provider "
+            f"{protocol} --base-url URL -c C` (CSV in, Parquet out, checkpoint on, streamed). "
+            f"{sdk}: the official SDK's async client (`benchmarks/{sdk.replace('-', '_')}.py`: "
+            "streamed, no retries, the SDK's default connection pool of 1,000 connections "
+            "with 100 kept alive), `asyncio.gather` under an `asyncio.Semaphore(c)`, no "
+            "files. rows/s and CPU (user + sys, os.wait4) are those of each whole client "
+            "process, start-up included."
+        )
+        return Section(title, table(headers, rows) + note)
+
+    return section
+
+
+anthropic = _beside_sdk("anthropic", "Anthropic protocol: aibatch beside the official SDK")
+openai = _beside_sdk("openai", "OpenAI protocol: aibatch beside the official SDK")
+
+
 SECTIONS: dict[str, Callable[[Bench, Plan], Section]] = {
     "throughput": throughput,
     "cost": cost,
@@ -601,4 +673,6 @@ SECTIONS: dict[str, Callable[[Bench, Plan], Section]] = {
     "adaptive": adaptive,
     "overload": overload,
     "dask": dask,
+    "anthropic": anthropic,
+    "openai": openai,
 }
