@@ -487,7 +487,9 @@ OVERLOAD_LIMIT = 12
 OVERLOAD_STATUSES = (503, 529, 429)
 
 
-def overload_config(plan: Plan, status: int, *, auto: bool) -> Config:
+def overload_config(
+    plan: Plan, status: int, *, auto: bool, protocol: str = "aichatonline"
+) -> Config:
     """A run against a server that answers ``status`` above 12 in flight: -c auto or -c 12."""
     faults = (
         ("max-inflight", float(OVERLOAD_LIMIT)),
@@ -496,23 +498,43 @@ def overload_config(plan: Plan, status: int, *, auto: bool) -> Config:
     )
     if auto:
         return Config(
-            concurrency=512, prompts=plan.overload_prompts, faults=faults, extra=("--adaptive",)
+            concurrency=512,
+            prompts=plan.overload_prompts,
+            faults=faults,
+            extra=("--adaptive",),
+            protocol=protocol,
         )
-    return Config(concurrency=OVERLOAD_LIMIT, prompts=plan.overload_prompts, faults=faults)
+    return Config(
+        concurrency=OVERLOAD_LIMIT, prompts=plan.overload_prompts, faults=faults, protocol=protocol
+    )
+
+
+# (protocol, status) of each -c auto run; each protocol's first is also run at -c 12
+OVERLOAD_CASES = (*(("aichatonline", s) for s in OVERLOAD_STATUSES), ("anthropic", 529))
 
 
 def overload(bench: Bench, plan: Plan) -> Section:
     """-c auto against a server refusing with 503, 529 or 429 above 12 in flight, beside -c 12."""
-    configs = {("503", "-c 12"): overload_config(plan, 503, auto=False)}
-    for status in OVERLOAD_STATUSES:
-        configs[(str(status), "-c auto")] = overload_config(plan, status, auto=True)
+    configs: dict[tuple[str, str, str], Config] = {}
+    for protocol, status in OVERLOAD_CASES:
+        if not any(key[0] == protocol for key in configs):
+            configs[(protocol, str(status), "-c 12")] = overload_config(
+                plan, status, auto=False, protocol=protocol
+            )
+        configs[(protocol, str(status), "-c auto")] = overload_config(
+            plan, status, auto=True, protocol=protocol
+        )
     found = bench.compare([(AIBATCH, cfg) for cfg in configs.values()])
-    fixed = median(r.rows_per_s for r in _good(found[(AIBATCH, configs[("503", "-c 12")])]))
+    fixed: dict[str, float] = {}
+    for (protocol, _, label), cfg in configs.items():
+        if label == "-c 12":
+            good = _good(found[(AIBATCH, cfg)])
+            fixed[protocol] = median(r.rows_per_s for r in good) if good else float("nan")
     rows = []
-    for (status, label), cfg in configs.items():
+    for (protocol, status, label), cfg in configs.items():
         runs = _good(found[(AIBATCH, cfg)])
         if not runs:
-            rows.append([status, label, _failed(found[(AIBATCH, cfg)]), *["-"] * 4])
+            rows.append([protocol, status, label, _failed(found[(AIBATCH, cfg)]), *["-"] * 4])
             continue
         refused = median(
             (r.outcomes.get("overloaded", 0) + r.outcomes.get("rate_limited", 0))
@@ -521,16 +543,18 @@ def overload(bench: Bench, plan: Plan) -> Section:
         )
         rows.append(
             [
+                protocol,
                 status,
                 label,
                 spread([r.rows_per_s for r in runs], num),
-                ratio(median(r.rows_per_s for r in runs) / fixed),
+                ratio(median(r.rows_per_s for r in runs) / fixed[protocol]),
                 spread([r.requests_per_prompt for r in runs], lambda v: num(v, 3)),
                 f"{refused * 100:.1f}%",
                 num(median(r.summary.get("concurrency", cfg.concurrency) for r in runs)),
             ]
         )
     headers = [
+        "protocol",
         "server refuses with",
         "concurrency",
         "rows/s",
