@@ -39,6 +39,7 @@ from .files import write_file
 from .jobs.spec import (
     ENGINES,
     INPUT_FORMATS,
+    JSON_MODES,
     QUOTINGS,
     JobSpec,
     RetryPolicy,
@@ -164,6 +165,12 @@ _run_options = _options(
     _job("--max-tokens", type=click.IntRange(1), help="Longest answer, in tokens."),
     _job("--seed", type=int, help="Sampling seed."),
     _job("--stop", multiple=True, help="Stop sequence (repeatable, up to 4)."),
+    _job("--schema", metavar="FILE",
+         help="JSON Schema of the answer: typed columns, one per property; answers that"
+              " do not validate are retried."),
+    _job("--json-mode", type=click.Choice(JSON_MODES),
+         help="OpenAI-compatible: ask for the schema, or any JSON object (servers"
+              " without schema support)."),
     _job("--stream/--no-stream", help="Stream answers (--no-stream: one JSON answer)."),
     click.option("--max-attempts", type=click.IntRange(1, 100), default=RetryPolicy().attempts,
                  show_default=True, help="Tries per row, the first included."),

@@ -14,6 +14,7 @@ Every error aibatch raises on purpose is an :class:`AibatchError`::
     │   │   │   └── RateLimited   429
     │   │   ├── ConnectionRefused  refused, or reset before an answer (congestion while up)
     │   │   └── TokenRejected 401/403: refresh the token, then retry
+    │   ├── InvalidOutput     the answer is not JSON valid for the job's schema: retried
     │   └── PermanentError    other 4xx: retrying cannot help
     │       └── Unauthorized  the service refused the credentials: the run stops
     ├── CheckpointError       lock held by another run, unreadable state
@@ -38,6 +39,7 @@ __all__ = [
     "ConnectionRefused",
     "InputChanged",
     "InputError",
+    "InvalidOutput",
     "OutputError",
     "Overloaded",
     "PermanentError",
@@ -184,6 +186,22 @@ class ConnectionRefused(TransientError):
 
 class TokenRejected(TransientError):
     """The provider rejected the token (401/403): fetch a new one and retry."""
+
+
+class InvalidOutput(ProviderError):
+    """The answer is not JSON, or not valid for the job's schema (``--schema``): retried.
+
+    Attributes:
+        response: the raw answer, kept in the row's ``response`` when retries run out.
+        path: the JSON path where validation failed (``$`` for the whole answer).
+    """
+
+    def __init__(
+        self, message: str, *, response: str, path: str = "$", http_status: int | None = None
+    ) -> None:
+        self.response = response
+        self.path = path
+        super().__init__(message, http_status=http_status)
 
 
 class PermanentError(ProviderError):

@@ -27,11 +27,16 @@ class ChatRequest:
         model: the model name as the user gave it.
         options: provider options that change the answer (sorted pairs), part of the
             request's identity.
+        schema: the JSON Schema the answer must follow, as JSON text (``--schema``).
+        json_mode: how an OpenAI-compatible server is asked for JSON: ``schema``
+            (``json_schema``) or ``object`` (``json_object``).
     """
 
     messages: tuple[Message, ...]
     model: str
     options: tuple[tuple[str, object], ...] = ()
+    schema: str | None = None
+    json_mode: str = "schema"
 
     @property
     def message_dicts(self) -> list[dict[str, str]]:

@@ -17,6 +17,8 @@ from aibatch.cli import job_spec, run
 from aibatch.jobs.spec import JobSpec, RetryPolicy
 from aibatch.runner.distributed import _request_identity
 
+SCHEMA = '{"type":"object","properties":{"x":{"type":"string"}}}'
+
 # Each `aibatch run` parameter: extra arguments it needs, then itself with a value
 # other than its default. A new option must be added here (a test checks).
 RUN_ARGS: dict[str, tuple[list[str], list[str]]] = {
@@ -44,6 +46,8 @@ RUN_ARGS: dict[str, tuple[list[str], list[str]]] = {
     "max_tokens": ([], ["--max-tokens", "7"]),
     "seed": ([], ["--seed", "11"]),
     "stop": ([], ["--stop", "###", "--stop", "END"]),
+    "schema": ([], ["--schema", SCHEMA]),
+    "json_mode": ([], ["--json-mode", "object"]),
     "stream": ([], ["--no-stream"]),
     "max_attempts": ([], ["--max-attempts", "2"]),
     "timeout": ([], ["--timeout", "9"]),
@@ -122,6 +126,8 @@ FIELD_VALUES: dict[str, dict[str, Any]] = {
     "max_tokens": {"max_tokens": 7},
     "seed": {"seed": 11},
     "stop": {"stop": ("###",)},
+    "schema": {"schema": SCHEMA},
+    "json_mode": {"schema": SCHEMA, "json_mode": "object"},
     "stream": {"stream": False},
     "api_key_env": {"api_key_env": "MY_KEY"},
     "retry": {"retry": RetryPolicy(attempts=2)},
@@ -150,6 +156,7 @@ FIELD_VALUES: dict[str, dict[str, Any]] = {
 CHANGES_A_REQUEST = {
     "prompt_column", "template", "system", "messages_column", "id_column", "provider",
     "model", "emulate", "temperature", "top_p", "top_k", "max_tokens", "seed", "stop",
+    "schema", "json_mode",
 }  # fmt: skip
 
 

@@ -1,9 +1,11 @@
 """The Parquet output: one row per input row, in input order, written atomically.
 
-Columns: the input's own, then :data:`OUTPUT_SCHEMA`. The file is written to a temporary
-name in the same folder, fsynced and renamed into place, so a crash leaves either the
-previous output or the new one, never half a file. File metadata (key ``aibatch``)
-records the aibatch version, the job's options (no secrets) and the counts.
+Columns: the input's own, then :data:`OUTPUT_SCHEMA`, then (with ``--schema``) one
+typed column per property of the schema, parsed from the ``response`` of ``ok`` rows.
+The file is written to a temporary name in the same folder, fsynced and renamed into
+place, so a crash leaves either the previous output or the new one, never half a file.
+File metadata (key ``aibatch``) records the aibatch version, the job's options (no
+secrets), the schema and the counts.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -26,6 +28,9 @@ import pyarrow.parquet as pq
 from ..errors import OutputError, UsageError
 from ..files import AtomicFile
 from ..jobs.checkpoint import RECORD_SCHEMA
+
+if TYPE_CHECKING:
+    from ..jobs.schema import StructuredOutput
 
 __all__ = [
     "OUTPUT_SCHEMA",
@@ -48,11 +53,12 @@ OUTPUT_SCHEMA = pa.schema(
 METADATA_KEY = "aibatch"
 
 
-def output_schema(input_schema: pa.Schema) -> pa.Schema:
-    """The input's columns followed by the result columns.
+def output_schema(input_schema: pa.Schema, typed: pa.Schema | None = None) -> pa.Schema:
+    """The input's columns followed by the result columns, then the ``typed`` ones.
 
     Raises:
-        OutputError: an input column has the name of a result column.
+        OutputError: an input column has the name of a result column, or a property of
+            the schema (``typed``) the name of an input or result column.
     """
     clash = [name for name in input_schema.names if name in OUTPUT_SCHEMA.names]
     if clash:
@@ -60,7 +66,16 @@ def output_schema(input_schema: pa.Schema) -> pa.Schema:
             f"input column(s) {', '.join(map(repr, clash))} would be overwritten by aibatch's"
             f" result columns ({', '.join(OUTPUT_SCHEMA.names)}); rename them in the input"
         )
-    return pa.schema([*input_schema, *OUTPUT_SCHEMA])
+    if typed is None:
+        return pa.schema([*input_schema, *OUTPUT_SCHEMA])
+    taken = {*input_schema.names, *OUTPUT_SCHEMA.names}
+    clash = [name for name in typed.names if name in taken]
+    if clash:
+        raise OutputError(
+            f"schema propert(ies) {', '.join(map(repr, clash))} would be written over input or"
+            " result columns of the same name; rename them in the schema (or the input)"
+        )
+    return pa.schema([*input_schema, *OUTPUT_SCHEMA, *typed])
 
 
 # Names that promise another format: writing Parquet under them would mislead.
@@ -118,9 +133,17 @@ def check_output(output: Path, inputs: Sequence[str]) -> Path:
 
 
 def assemble(
-    data: pa.RecordBatch, start: int, records: pa.Table, constants: Mapping[str, str]
+    data: pa.RecordBatch,
+    start: int,
+    records: pa.Table,
+    constants: Mapping[str, str],
+    structured: StructuredOutput | None = None,
 ) -> pa.Table:
-    """Join input rows with their results (:data:`RECORD_SCHEMA`) into output rows."""
+    """Join input rows with their results (:data:`RECORD_SCHEMA`) into output rows.
+
+    With ``structured``, the typed columns follow, parsed from the ``response`` of the
+    ``ok`` rows (the checkpoint keeps the raw text: its own schema never changes).
+    """
     n = data.num_rows
     columns = [
         *data.columns,
@@ -129,6 +152,10 @@ def assemble(
         *(pa.repeat(value, n).cast(pa.string()) for value in constants.values()),
     ]
     names = [*data.schema.names, *OUTPUT_SCHEMA.names]
+    if structured is not None:
+        ok = pc.fill_null(pc.equal(records.column("status"), "ok"), False).to_pylist()
+        columns += structured.columns(records.column("response").to_pylist(), ok)
+        names += structured.names
     return pa.Table.from_arrays(columns, names=names)
 
 

@@ -99,6 +99,8 @@ def request_hash(request: ChatRequest, service: str) -> int:
     for message in request.messages:
         parts += (message.role, message.content)
     parts += [f"{k}={v!r}" for k, v in request.options]
+    if request.schema is not None:  # (so rows without one hash as they always did)
+        parts += ["schema", request.schema, request.json_mode]
     return _digest("".join(f"{len(p)}:{p}" for p in parts).encode("utf-8", "surrogatepass"))
 
 

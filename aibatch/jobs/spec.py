@@ -26,6 +26,7 @@ __all__ = [
     "COMPRESSION_SUFFIXES",
     "ENGINES",
     "INPUT_FORMATS",
+    "JSON_MODES",
     "QUOTINGS",
     "REQUEST_OPTIONS",
     "SAMPLING_OPTIONS",
@@ -39,6 +40,7 @@ __all__ = [
 INPUT_FORMATS = ("csv", "tsv", "jsonl", "parquet")
 QUOTINGS = ("csv", "none")  # CSV quoting rules, or none: each line is a row
 ENGINES = ("local", "dask")
+JSON_MODES = ("schema", "object")  # how OpenAI-compatible servers are asked for JSON
 # Input file suffixes that name a compression, and the codec each means.
 COMPRESSION_SUFFIXES = {
     ".gz": "gzip",
@@ -128,6 +130,8 @@ class JobSpec:
     max_tokens: int | None = field(default=None, metadata=opt(sampling=True))
     seed: int | None = field(default=None, metadata=opt(sampling=True))
     stop: tuple[str, ...] | None = field(default=None, metadata=opt(sampling=True))
+    schema: str | None = field(default=None, metadata=opt(request=True))
+    json_mode: str = field(default="schema", metadata=opt(request=True))
     stream: bool = True
     api_key_env: str | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -153,6 +157,15 @@ class JobSpec:
 
     def __post_init__(self) -> None:
         _check(bool(self.input), "an input file is needed")
+        if self.schema is not None:
+            from .schema import canonical_schema  # pyarrow: only for jobs with a schema
+
+            # A path, JSON text, a dict or a Pydantic model class: kept as canonical text.
+            object.__setattr__(self, "schema", canonical_schema(self.schema))
+        _check(
+            self.json_mode in JSON_MODES,
+            f"json mode takes {' or '.join(JSON_MODES)}, not {self.json_mode!r}",
+        )
         _check(
             self.input_format is None or self.input_format in INPUT_FORMATS,
             f"unknown input format {self.input_format!r}; known: {', '.join(INPUT_FORMATS)}",
@@ -360,7 +373,14 @@ def load_job(path: str | Path) -> dict[str, Any]:
         unknown += [f"retry.{key}" for key in sorted(set(retry) - _RETRY_KEYS)]
     if unknown:
         raise UsageError(f"job file {path}: unknown key(s): {', '.join(unknown)}")
+    schema = data.pop("schema", None)
     _check_types(path, JobSpec, data, "")
+    if isinstance(schema, str) and not schema.lstrip().startswith("{"):
+        schema = str(path.parent / schema) if not Path(schema).is_absolute() else schema
+    if schema is not None:
+        from .schema import canonical_schema
+
+        data["schema"] = canonical_schema(schema)
     _check_types(path, RetryPolicy, retry, "retry.")
     for key in _PATH_KEYS:
         value = data.get(key)

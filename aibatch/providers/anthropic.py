@@ -20,6 +20,7 @@ names) and is never shown. A 401 or 403 is :class:`Unauthorized`: the run stops.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import AsyncGenerator, Mapping, Sequence
@@ -114,8 +115,12 @@ def _usage(usage: object, info: StreamInfo) -> None:
         info.completion_tokens = output
 
 
-def read_event(event: dict[str, Any], info: StreamInfo, *, secret: str | None = None) -> str | None:
+def read_event(
+    event: dict[str, Any], info: StreamInfo, *, secret: str | None = None, tool_input: bool = False
+) -> str | None:
     """The text of one stream event; fills ``info`` with usage and the stop reason.
+
+    With ``tool_input`` (a ``--schema`` request), the forced tool's input JSON is the text.
 
     Raises:
         ProviderError: the event is an ``error`` (``secret`` blanked from its message).
@@ -126,7 +131,10 @@ def read_event(event: dict[str, Any], info: StreamInfo, *, secret: str | None = 
         if isinstance(delta, dict) and delta.get("type") == "text_delta":
             text = delta.get("text")
             return text if isinstance(text, str) and text else None
-        return None  # thinking, tool input and signature deltas are no answer text
+        if tool_input and isinstance(delta, dict) and delta.get("type") == "input_json_delta":
+            text = delta.get("partial_json")
+            return text if isinstance(text, str) and text else None
+        return None  # thinking, signature (and unasked tool input) deltas are no answer text
     if kind == "message_delta":
         delta = event.get("delta")
         if isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str):
@@ -141,7 +149,13 @@ def read_event(event: dict[str, Any], info: StreamInfo, *, secret: str | None = 
     return None
 
 
-def read_message(message: dict[str, Any], info: StreamInfo, *, secret: str | None = None) -> str:
+def read_message(
+    message: dict[str, Any],
+    info: StreamInfo,
+    *,
+    secret: str | None = None,
+    tool_input: bool = False,
+) -> str:
     """The text of a whole (not streamed) answer; fills ``info`` as :func:`read_event` does.
 
     Raises:
@@ -155,6 +169,13 @@ def read_message(message: dict[str, Any], info: StreamInfo, *, secret: str | Non
     content = message.get("content")
     if not isinstance(content, list):
         return ""
+    tools = [
+        json.dumps(block["input"], ensure_ascii=False)
+        for block in content
+        if isinstance(block, dict) and block.get("type") == "tool_use" and "input" in block
+    ]
+    if tool_input and tools:  # the forced tool's input: a --schema answer
+        return tools[0]
     return "".join(
         block["text"]
         for block in content
@@ -173,9 +194,12 @@ class AnthropicSseParser:
     text before it is still returned, and ``error`` holds the exception to raise.
     """
 
-    __slots__ = ("_data", "_event", "_lines", "done", "error", "info", "secret")
+    __slots__ = ("_data", "_event", "_lines", "done", "error", "info", "secret", "tool_input")
 
-    def __init__(self, info: StreamInfo, *, secret: str | None = None) -> None:
+    def __init__(
+        self, info: StreamInfo, *, secret: str | None = None, tool_input: bool = False
+    ) -> None:
+        self.tool_input = tool_input
         self.info = info
         self.secret = secret
         self._lines = LineSplitter()
@@ -236,7 +260,7 @@ class AnthropicSseParser:
             self.done = True
         if name == b"error" and "type" not in event:
             event = {"type": "error", "error": event}
-        return read_event(event, self.info, secret=self.secret)
+        return read_event(event, self.info, secret=self.secret, tool_input=self.tool_input)
 
 
 class AnthropicMessages(AsyncGeneratorProvider, ProviderModelMixin):
@@ -260,6 +284,7 @@ class AnthropicMessages(AsyncGeneratorProvider, ProviderModelMixin):
     sampling_bounds: ClassVar[Mapping[str, tuple[float, float]]] = {"temperature": (0.0, 1.0)}
     can_disable_stream: ClassVar[bool] = True
     reports_usage: ClassVar[bool] = True
+    structured_output: ClassVar[bool] = True
     #: ``max_tokens`` is required by the API: this, unless the job sets it
     request_defaults: ClassVar[Mapping[str, object]] = {"max_tokens": DEFAULT_MAX_TOKENS}
 
@@ -295,6 +320,10 @@ class AnthropicMessages(AsyncGeneratorProvider, ProviderModelMixin):
                 body["stop_sequences"] = list(value)
             else:
                 body[name] = value
+        schema = options.get("response_schema")
+        if schema is not None:  # the answer is the forced tool's input
+            body["tools"] = [{"name": ANSWER_TOOL, "input_schema": _loaded(schema)}]
+            body["tool_choice"] = {"type": "tool", "name": ANSWER_TOOL}
         if self.stream:
             body["stream"] = True
         return json.dumps(body, ensure_ascii=False).encode()
@@ -323,7 +352,8 @@ class AnthropicMessages(AsyncGeneratorProvider, ProviderModelMixin):
         """
         info: StreamInfo = kwargs.pop("info", None) or StreamInfo()
         body = self._body(self.get_model(model or self.model), messages, kwargs)
-        parser = AnthropicSseParser(info, secret=self._api_key)
+        tool_input = kwargs.get("response_schema") is not None
+        parser = AnthropicSseParser(info, secret=self._api_key, tool_input=tool_input)
         try:
             async with self.session.post(
                 self._url,
@@ -336,7 +366,8 @@ class AnthropicMessages(AsyncGeneratorProvider, ProviderModelMixin):
                 if response.status >= 400:
                     raise await response_error(response, secret=self._api_key)
                 if not self.stream:
-                    text = read_message(await _json(response, info), info, secret=self._api_key)
+                    answer = await _json(response, info)
+                    text = read_message(answer, info, secret=self._api_key, tool_input=tool_input)
                     if text:
                         yield text
                     return
@@ -418,3 +449,11 @@ async def _json(response: aiohttp.ClientResponse, info: StreamInfo) -> dict[str,
     if not isinstance(data, dict):
         raise TransientError("the answer is not a JSON object", http_status=info.http_status)
     return data
+
+
+ANSWER_TOOL = "answer"  # the tool that carries a --schema answer
+
+
+@functools.lru_cache(maxsize=8)
+def _loaded(schema: str) -> Any:
+    return json.loads(schema)  # (parsed once a job: the body is built for every request)

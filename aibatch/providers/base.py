@@ -27,7 +27,7 @@ import aiohttp
 
 from ..errors import TransientError, UnknownModelError
 from ..types import ChatRequest, Completion
-from .helpers import format_prompt
+from .helpers import format_prompt, with_schema
 
 __all__ = ["AsyncGeneratorProvider", "ProviderModelMixin", "StreamInfo"]
 
@@ -139,6 +139,10 @@ class AsyncGeneratorProvider:
     #: whether answers carry token usage (``StreamInfo`` prompt and completion tokens):
     #: costs are known, and ``--max-cost`` possible, only then
     reports_usage: ClassVar[bool] = False
+    #: whether the provider asks for structured output itself: its generator then takes
+    #: ``response_schema`` (JSON text) and ``json_mode``; otherwise the schema is
+    #: appended to the prompt as an instruction (:func:`~.helpers.with_schema`)
+    structured_output: ClassVar[bool] = False
     #: values the provider sends for options the job leaves unset (in the output metadata)
     request_defaults: ClassVar[Mapping[str, object]] = {}
     #: the provider's own ``create_async_generator``, unwrapped (set for each subclass)
@@ -247,7 +251,14 @@ class AsyncGeneratorProvider:
         message's text for a single message); a provider that sends something else says
         what by overriding this.
         """
-        return format_prompt(request.message_dicts)
+        return format_prompt(self._messages(request))
+
+    def _messages(self, request: ChatRequest) -> list[dict[str, str]]:
+        """The messages sent: with the schema as an instruction where it is not native."""
+        messages = request.message_dicts
+        if request.schema is not None and not self.structured_output:
+            return with_schema(messages, request.schema)
+        return messages
 
     def create_async_generator(
         self,
@@ -285,16 +296,20 @@ class AsyncGeneratorProvider:
         """
         info = StreamInfo()
         options = dict(request.options)
+        if request.schema is not None and self.structured_output:
+            options["response_schema"] = request.schema
+            options["json_mode"] = request.json_mode
+        messages = self._messages(request)
         if self._held():
             # The engine's hot path: the provider's own generator, nothing in between.
             # It always runs to its end or raises, so it needs no aclosing.
-            stream = self._generate(request.model, request.message_dicts, info=info, **options)
+            stream = self._generate(request.model, messages, info=info, **options)
         else:  # outside `async with`: a session for this call
             stream = _call_outside(
                 self,
                 type(self)._generate,
                 request.model,
-                request.message_dicts,
+                messages,
                 info=info,
                 **options,
             )

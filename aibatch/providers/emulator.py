@@ -37,8 +37,9 @@ from aiohttp import web
 
 from ..errors import UsageError
 from . import emulator_anthropic as anthropic
+from .emulator_json import invalid_json_for, json_answer_for
 from .faults import PROTOCOLS, Faults
-from .helpers import format_prompt
+from .helpers import SCHEMA_INSTRUCTION, format_prompt
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +313,7 @@ class Emulator:
             return self._rate_limited("too many requests in flight for this UniqueId")
         state.inflight += 1
         try:
-            return await self._serve(request, prompt, _Answer(answer_for(prompt)))
+            return await self._serve(request, prompt, _plain_answer(prompt))
         finally:
             state.inflight -= 1
 
@@ -338,6 +339,7 @@ class Emulator:
             stream=bool(body.get("stream")),
             prompt_tokens=len(prompt.split()),
         )
+        _structured(answer, prompt, body.get("response_format"))
         max_tokens = body.get("max_tokens")
         if isinstance(max_tokens, int) and 0 < max_tokens < len(answer.text.split()):
             answer.text = " ".join(answer.text.split()[:max_tokens])
@@ -381,6 +383,7 @@ class Emulator:
             ("stalled", faults.stall_rate),
             ("overloaded", faults.overload_rate),
             ("error_event", faults.error_event_rate),
+            ("invalid_json", faults.invalid_json_rate),
         ):
             if draw < rate:
                 return name
@@ -406,6 +409,8 @@ class Emulator:
             if fault == "overloaded":
                 status = 529 if self.protocol == "anthropic" else 503
                 return self._refuse("overloaded", status, "Overloaded (injected)")
+            if fault == "invalid_json" and answer.structured:
+                answer.text = invalid_json_for(answer.text, answer.schema)
             delay = self.latency + (self.faults.stall_seconds if fault == "stalled" else 0.0)
             if delay:
                 await anyio.sleep(delay)
@@ -500,6 +505,8 @@ class _Answer:
     prompt_tokens: int = 0
     finish_reason: str = "stop"
     usage: bool = False
+    structured: bool = False  # asked for JSON: the invalid_json fault applies
+    schema: str | None = None
     id: str = field(default_factory=lambda: f"chatcmpl-{secrets.token_hex(8)}")
 
     def content_type(self) -> str:
@@ -545,6 +552,33 @@ class _Answer:
             ],
             "usage": self.usage_counts(),
         }
+
+
+def _plain_answer(prompt: str) -> _Answer:
+    """AiChatOnline: a JSON answer in a fenced block when the prompt carries a schema."""
+    asked, found, schema = prompt.partition(SCHEMA_INSTRUCTION)
+    if not found:
+        return _Answer(answer_for(prompt))
+    try:
+        text = json_answer_for(asked, schema)
+    except ValueError:
+        return _Answer(answer_for(prompt))
+    return _Answer(f"Here it is:\n```json\n{text}\n```", structured=True, schema=schema)
+
+
+def _structured(answer: _Answer, prompt: str, response_format: object) -> None:
+    """OpenAI: answer ``response_format``'s JSON (schema or any object) when it asks."""
+    if not isinstance(response_format, dict):
+        return
+    kind = response_format.get("type")
+    spec = response_format.get("json_schema")
+    if kind == "json_schema" and isinstance(spec, dict) and isinstance(spec.get("schema"), dict):
+        answer.schema = json.dumps(spec["schema"])
+        answer.text = json_answer_for(prompt, answer.schema)
+        answer.structured = True
+    elif kind == "json_object":
+        answer.text = json.dumps({"answer": answer.text})
+        answer.structured = True
 
 
 async def _json_body(request: web.Request) -> dict[str, Any] | None:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .emulator_json import json_answer_for
 from .helpers import format_prompt
 
 __all__ = [
@@ -79,6 +80,25 @@ class MessagesAnswer:
     stop_reason: str = "end_turn"
     stop_sequence: str | None = None
     id: str = field(default_factory=lambda: f"msg_{secrets.token_hex(12)}")
+    tool: str | None = None  # the forced tool: the answer is its input (JSON text)
+    structured: bool = False  # asked for JSON: the invalid_json fault applies
+    schema: str | None = None
+
+    def _block(self, *, done: bool) -> dict[str, Any]:
+        if self.tool is None:
+            return {"type": "text", "text": self.text if done else ""}
+        value: Any = {}
+        if done:
+            try:
+                value = json.loads(self.text)
+            except ValueError:
+                value = {"unparsed": self.text}
+        return {"type": "tool_use", "id": f"toolu_{self.id[4:]}", "name": self.tool, "input": value}
+
+    def _delta(self, piece: str) -> dict[str, str]:
+        if self.tool is None:
+            return {"type": "text_delta", "text": piece}
+        return {"type": "input_json_delta", "partial_json": piece}
 
     def content_type(self) -> str:
         """The answer's ``Content-Type``."""
@@ -88,7 +108,7 @@ class MessagesAnswer:
         """Token counts: one a word of the prompt and of the answer."""
         return {"input_tokens": self.input_tokens, "output_tokens": len(self.text.split())}
 
-    def message(self, content: list[dict[str, str]], *, done: bool) -> dict[str, Any]:
+    def message(self, content: list[dict[str, Any]], *, done: bool) -> dict[str, Any]:
         """The message object: whole (``done``), or as ``message_start`` opens it."""
         return {
             "id": self.id,
@@ -105,7 +125,7 @@ class MessagesAnswer:
 
     def whole(self) -> bytes:
         """The body of a whole (not streamed) answer."""
-        return json.dumps(self.message([{"type": "text", "text": self.text}], done=True)).encode()
+        return json.dumps(self.message([self._block(done=True)], done=True)).encode()
 
     def events(self, pieces: Sequence[str], *, fail_midway: bool = False) -> list[bytes]:
         """The stream: one Server-Sent Event per item, text in ``pieces``.
@@ -119,7 +139,7 @@ class MessagesAnswer:
                 {
                     "type": "content_block_delta",
                     "index": 0,
-                    "delta": {"type": "text_delta", "text": p},
+                    "delta": self._delta(p),
                 },
             )
             for p in pieces
@@ -133,7 +153,7 @@ class MessagesAnswer:
                 {
                     "type": "content_block_start",
                     "index": 0,
-                    "content_block": {"type": "text", "text": ""},
+                    "content_block": self._block(done=False),
                 },
             ),
             _event("ping", {"type": "ping"}),
@@ -223,6 +243,8 @@ def read_request(
         input_tokens=len(prompt.split()),
         stream=bool(body.get("stream")),
     )
+    if _tool_answer(answer, prompt, body):
+        return prompt, answer
     stops = [s for s in body.get("stop_sequences") or () if s and s in answer.text]
     if stops:
         first = min(stops, key=answer.text.index)
@@ -233,3 +255,19 @@ def read_request(
         answer.text = " ".join(words[: body["max_tokens"]])
         answer.stop_reason, answer.stop_sequence = "max_tokens", None
     return prompt, answer
+
+
+def _tool_answer(answer: MessagesAnswer, prompt: str, body: dict[str, Any]) -> bool:
+    """Answer with the forced tool's input when ``tool_choice`` names one of ``tools``."""
+    choice = body.get("tool_choice")
+    if not (isinstance(choice, dict) and choice.get("type") == "tool"):
+        return False
+    tools = [t for t in body.get("tools") or () if isinstance(t, dict)]
+    tool = next((t for t in tools if t.get("name") == choice.get("name")), None)
+    if tool is None or not isinstance(tool.get("input_schema"), dict):
+        return False
+    answer.tool, answer.structured = tool["name"], True
+    answer.schema = json.dumps(tool["input_schema"])
+    answer.text = json_answer_for(prompt, answer.schema)
+    answer.stop_reason = "tool_use"
+    return True

@@ -40,6 +40,8 @@ class Faults:
         error_event_rate: share of streams that stop half-way with an error event
             (anthropic: ``overloaded_error``; openai: an ``error`` object); the
             aichatonline protocol has none.
+        invalid_json_rate: share of structured (schema) requests answered with malformed
+            or non-conforming JSON; other requests are answered as usual.
         token_max_uses: a token expires after this many chat requests (then 401).
         token_max_age: a token expires after this many seconds (then 401).
         token_concurrency: chat requests one token may have in flight (above: 429).
@@ -73,6 +75,9 @@ class Faults:
     error_event_rate: float = field(
         default=0.0, metadata=_help("Share of streams ending in an error event mid-way.")
     )
+    invalid_json_rate: float = field(
+        default=0.0, metadata=_help("Share of schema answers with malformed or wrong JSON.")
+    )
     token_max_uses: int | None = field(
         default=None, metadata=_help("A token expires after N uses.")
     )
@@ -102,6 +107,7 @@ class Faults:
             self.stall_rate,
             self.overload_rate,
             self.error_event_rate,
+            self.invalid_json_rate,
         )
         if any(not 0.0 <= r <= 1.0 for r in rates) or sum(rates) > 1.0:
             raise UsageError("fault rates must each lie in [0, 1] and add up to at most 1")

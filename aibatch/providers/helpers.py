@@ -7,7 +7,12 @@ import string
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["format_prompt", "get_random_string", "to_text"]
+__all__ = ["SCHEMA_INSTRUCTION", "format_prompt", "get_random_string", "to_text", "with_schema"]
+
+#: what a plain-text provider is told after the prompt when the job has a schema
+SCHEMA_INSTRUCTION = (
+    "\n\nAnswer with only a JSON object that follows this JSON Schema, in a ```json fenced block:\n"
+)
 
 _ALPHABET = string.ascii_lowercase + string.digits
 _SYSTEM_ROLES = frozenset({"system", "developer"})
@@ -80,3 +85,16 @@ def get_random_string(length: int = 10) -> str:
         number, digit = divmod(number, 36)
         chars.append(_ALPHABET[digit])
     return "".join(chars)
+
+
+def with_schema(messages: list[dict[str, str]], schema: str) -> list[dict[str, str]]:
+    """``messages`` with :data:`SCHEMA_INSTRUCTION` and ``schema`` after the last user turn.
+
+    For providers that take plain text only: the schema travels in the prompt.
+    """
+    out = list(messages)
+    for i in range(len(out) - 1, -1, -1):
+        if out[i].get("role") == "user":
+            out[i] = {**out[i], "content": out[i]["content"] + SCHEMA_INSTRUCTION + schema}
+            return out
+    return [*out, {"role": "user", "content": SCHEMA_INSTRUCTION.lstrip() + schema}]

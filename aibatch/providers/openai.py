@@ -15,6 +15,7 @@ key, so the run stops instead of failing every row.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import AsyncGenerator, Mapping, Sequence
@@ -174,6 +175,7 @@ class OpenAIChat(AsyncGeneratorProvider, ProviderModelMixin):
     )
     can_disable_stream: ClassVar[bool] = True
     reports_usage: ClassVar[bool] = True
+    structured_output: ClassVar[bool] = True
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -196,6 +198,9 @@ class OpenAIChat(AsyncGeneratorProvider, ProviderModelMixin):
         body.update((k, v) for k, v in options.items() if k in self.sampling_options)
         if isinstance(body.get("stop"), tuple):
             body["stop"] = list(body["stop"])
+        schema = options.get("response_schema")
+        if schema is not None:
+            body["response_format"] = response_format(schema, options.get("json_mode"))
         if self.stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
@@ -269,3 +274,14 @@ def _check_done(parser: SseParser, info: StreamInfo) -> None:
     """A stream that ends without ``[DONE]`` or a finish reason was cut short."""
     if not parser.done and info.finish_reason is None:
         raise TransientError("stream ended before [DONE]", http_status=info.http_status)
+
+
+@functools.lru_cache(maxsize=8)  # the body is built for every request; the schema is the job's
+def response_format(schema: str, mode: object) -> dict[str, Any]:
+    """The ``response_format`` asking for ``schema`` (``json_object`` in ``object`` mode)."""
+    if mode == "object":
+        return {"type": "json_object"}
+    value = json.loads(schema)
+    name = value.get("title") if isinstance(value.get("title"), str) else "answer"
+    name = "".join(c if c.isalnum() or c in "_-" else "_" for c in name)[:64] or "answer"
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": value, "strict": True}}

@@ -43,6 +43,7 @@ from ..errors import (
     BudgetReached,
     InputChanged,
     InputError,
+    InvalidOutput,
     ProviderError,
     Unauthorized,
     plain_errors,
@@ -51,6 +52,7 @@ from ..io.inputs import Batch, InputSource
 from ..io.output import OutputCounts, OutputWriter, assemble, output_schema
 from ..jobs.checkpoint import SEND, Checkpoint, Plan, checkpoint_dir, request_hash, row_key
 from ..jobs.cost import Budget, PriceLookup, look_up_price, max_input_tokens
+from ..jobs.schema import StructuredOutput
 from ..jobs.spec import JobSpec
 from ..providers.base import AsyncGeneratorProvider
 from ..types import ChatRequest, Completion, RowResult, RowStatus
@@ -168,6 +170,7 @@ class _Partition:
         self.stop = stop
         self.model = type(provider).get_model(spec.model)
         self.builder = PromptBuilder(spec, self.model, source.name)
+        self.structured = StructuredOutput(spec.schema) if spec.schema is not None else None
         self.progress = Progress(concurrency=spec.concurrency)
         self.adaptive = AdaptiveLimit(spec.concurrency) if spec.adaptive else None
         self.limiter = anyio.CapacityLimiter(
@@ -197,7 +200,8 @@ class _Partition:
             self.builder.check_columns(self.source.columns)
         keys = await anyio.to_thread.run_sync(self._scan)
         self.builder.check_columns(self.source.columns)
-        schema = output_schema(self.source.schema())
+        typed = self.structured.arrow if self.structured is not None else None
+        schema = output_schema(self.source.schema(), typed)
         checkpoint = Checkpoint(checkpoint_dir(self.output), restart=self.spec.restart)
         await anyio.to_thread.run_sync(checkpoint.__enter__)
         try:
@@ -409,6 +413,7 @@ class _Partition:
 
     async def _send_one(self, job: _Job) -> RowResult:
         provider, limiter, rate, adaptive = self.provider, self.limiter, self.rate, self.adaptive
+        structured = self.structured
         clock: list[float] = []  # when the first attempt got its turn: latency excludes queueing
         costs: list[float | None] = []  # of each answer: a billed retry counts too
 
@@ -433,6 +438,8 @@ class _Partition:
                 limiter.release()
             if adaptive is not None:
                 self._limit(adaptive.succeeded())
+            if structured is not None:  # InvalidOutput: retried, as a fault of the answer
+                structured.check(completion.text)
             return completion
 
         budget = self.budget
@@ -468,6 +475,8 @@ class _Partition:
             result.error_type = type(outcome.error).__name__
             result.error = str(outcome.error)
             result.http_status = outcome.error.http_status
+            if isinstance(outcome.error, InvalidOutput):
+                result.response = outcome.error.response  # the raw answer, to see why
         if costs and None not in costs:
             result.cost_usd = math.fsum(c for c in costs if c is not None)
         self.latencies.append(latency)
@@ -552,7 +561,9 @@ class _Partition:
                     )
                 records = checkpoint.take(plan.loc[batch.start : batch.start + n])
                 counts.add(records)
-                writer.write(assemble(batch.data, batch.first_row, records, constants))
+                writer.write(
+                    assemble(batch.data, batch.first_row, records, constants, self.structured)
+                )
                 written += n
             if written != rows:
                 raise InputChanged(
@@ -571,6 +582,7 @@ class _Partition:
                     **self.metadata,
                     "version": __version__,
                     "options": self.spec.public_options(),
+                    "schema": None if self.structured is None else self.structured.schema,
                     "counts": summary.counts(),
                     "cost_usd": summary.cost_usd,
                 }

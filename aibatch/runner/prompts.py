@@ -76,6 +76,8 @@ class PromptBuilder:
         self.template = parse_template(spec.template) if spec.template is not None else None
         self.system = (Message("system", spec.system),) if spec.system else ()
         self.options = spec.sampling()
+        self.schema = spec.schema
+        self.json_mode = spec.json_mode
 
     def needed_columns(self) -> list[str]:
         """The input columns the job reads."""
@@ -140,10 +142,17 @@ class PromptBuilder:
         else:
             prompts = self._texts(batch, self.spec.prompt_column)
         model, system, options = self.model, self.system, self.options
+        schema, mode = self.schema, self.json_mode
         return [
             None
             if not p or p.isspace()
-            else ChatRequest(messages=(*system, Message("user", p)), model=model, options=options)
+            else ChatRequest(
+                messages=(*system, Message("user", p)),
+                model=model,
+                options=options,
+                schema=schema,
+                json_mode=mode,
+            )
             for p in prompts
         ]
 
@@ -180,7 +189,13 @@ class PromptBuilder:
             if self.system and not (messages and messages[0].role == "system"):
                 messages = [*self.system, *messages]
             out.append(
-                ChatRequest(messages=tuple(messages), model=self.model, options=self.options)
+                ChatRequest(
+                    messages=tuple(messages),
+                    model=self.model,
+                    options=self.options,
+                    schema=self.schema,
+                    json_mode=self.json_mode,
+                )
             )
         return out
 

@@ -1,6 +1,7 @@
 """call_with_retries: exponential backoff with jitter that honours ``Retry-After``.
 
-Only :class:`TransientError` is retried; the decision reads the class, never the
+Only :class:`TransientError` and :class:`InvalidOutput` (an answer that does not fit
+the job's schema: the next may) are retried; the decision reads the class, never the
 message. The sleep is injectable, so tests do not wait.
 """
 
@@ -14,7 +15,7 @@ from typing import Generic, TypeVar
 
 import anyio
 
-from ..errors import Overloaded, ProviderError, TokenRejected, TransientError
+from ..errors import InvalidOutput, Overloaded, ProviderError, TokenRejected, TransientError
 from ..jobs.spec import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ async def call_with_retries(
     for attempt in range(1, policy.attempts + 1):
         try:
             return Attempted(await fn(), None, attempt)
-        except TransientError as exc:
+        except (TransientError, InvalidOutput) as exc:
             if attempt == policy.attempts:
                 return Attempted(None, exc, attempt)
             wait = wait_before_retry(policy, attempt, exc, rand)
