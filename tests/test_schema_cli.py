@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import aibatch
 from aibatch.io.output import read_metadata
 from aibatch.providers.emulator import Faults
 from aibatch.providers.emulator_json import value_for
@@ -38,13 +39,24 @@ def reviews(tmp_path: Path, schema: dict[str, Any] = REVIEW_SCHEMA) -> tuple[Pat
     return source, schema_file
 
 
-@pytest.mark.parametrize("provider", ["openai", "anthropic", "aichatonline"])
-def test_a_schema_run_writes_the_emulators_answer_in_typed_columns(tmp_path: Path, provider: str):
+@pytest.mark.parametrize(
+    ("provider", "extra"),
+    [
+        ("openai", []),
+        ("openai", ["--no-stream"]),
+        ("anthropic", []),
+        ("anthropic", ["--no-stream"]),
+        ("aichatonline", []),
+    ],
+)
+def test_a_schema_run_writes_the_emulators_answer_in_typed_columns(
+    tmp_path: Path, provider: str, extra: list[str]
+):
     source, schema = reviews(tmp_path)
 
     result = invoke(
         "run", source, "--prompt-column", "review", "--provider", provider, "--emulate",
-        "--schema", schema, "-q",
+        "--schema", schema, "-q", *extra,
     )  # fmt: skip
 
     assert result.exit_code == 0, result.stderr
@@ -62,6 +74,22 @@ def test_a_schema_run_writes_the_emulators_answer_in_typed_columns(tmp_path: Pat
         {**e, "stars": int(e["stars"])} for e in expected
     ]
     assert read_metadata(output)["schema"] == REVIEW_SCHEMA
+
+
+def test_run_frame_returns_the_typed_columns_beside_the_frame(tmp_path: Path):
+    pandas = pytest.importorskip("pandas")
+    frame = pandas.DataFrame({"review": REVIEWS})
+
+    result = aibatch.run_frame(
+        frame,
+        output=str(tmp_path / "out.parquet"),
+        provider="openai",
+        emulate=True,
+        prompt_column="review",
+        schema=REVIEW_SCHEMA,
+    )
+
+    assert result["stars"].tolist() == [value_for(REVIEW_SCHEMA, r)["stars"] for r in REVIEWS]
 
 
 def test_invalid_answers_are_retried_until_one_validates(tmp_path: Path):

@@ -267,7 +267,8 @@ def read_frame(path: str | Path, like: Any) -> Any:
     so ``frame["answer"] = result["response"]`` pairs every row with its own answer.
     The output holds the first rows of ``like`` (all of them but with ``limit``).
     """
-    results = pq.read_table(path, columns=OUTPUT_SCHEMA.names).to_pandas()
+    names = pq.read_schema(path).names  # the result columns, then any typed (--schema) ones
+    results = pq.read_table(path, columns=names[names.index("row") :]).to_pandas()
     return _beside(like, results)
 
 
