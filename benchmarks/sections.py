@@ -7,6 +7,7 @@ section already made with the same config are reused, not repeated.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ class Plan:
     overload_prompts: int  # against a server refusing above OVERLOAD_LIMIT in flight
     dask_prompts: int  # at zero latency, c=1024
     sdk: tuple[tuple[int, int], ...]  # (concurrency, prompts) at 50 ms, aibatch beside an SDK
+    schema: tuple[int, int] = (512, 20_000)  # (concurrency, prompts), with and without --schema
 
     def prompts_at(self, concurrency: int) -> int:
         for c, n in (*self.throughput, self.cost):
@@ -83,6 +85,7 @@ QUICK = Plan(
     overload_prompts=1_500,
     dask_prompts=5_000,
     sdk=((32, 640), (128, 2_560)),  # 1 s at the bound
+    schema=(512, 2_000),
 )
 
 
@@ -687,6 +690,79 @@ anthropic = _beside_sdk("anthropic", "Anthropic protocol: aibatch beside the off
 openai = _beside_sdk("openai", "OpenAI protocol: aibatch beside the official SDK")
 
 
+# The schema section's: one property of each kind that becomes a typed column.
+SCHEMA_5: dict[str, object] = {
+    "type": "object",
+    "properties": {
+        "summary": {"type": "string"},
+        "count": {"type": "integer"},
+        "score": {"type": "number"},
+        "relevant": {"type": "boolean"},
+        "label": {"type": "string", "enum": ["low", "medium", "high"]},
+    },
+    "required": ["summary", "count", "score", "relevant", "label"],
+    "additionalProperties": False,
+}
+
+
+def schema_configs(bench: Bench, plan: Plan) -> tuple[Config, Config]:
+    """The schema section's runs: OpenAI protocol, without and with a 5-property schema."""
+    path = bench.workdir / "schema-5.json"
+    if not path.exists():
+        path.write_text(json.dumps(SCHEMA_5, indent=2), encoding="utf-8")
+    c, n = plan.schema
+    plain = Config(concurrency=c, prompts=n, protocol="openai")
+    return plain, Config(concurrency=c, prompts=n, protocol="openai", extra=("--schema", str(path)))
+
+
+def schema(bench: Bench, plan: Plan) -> Section:
+    """The cost of --schema on the hot path: the same run with and without one."""
+    plain, typed = schema_configs(bench, plan)
+    found = bench.compare([(AIBATCH, plain), (AIBATCH, typed)])
+    base = _good(found[(AIBATCH, plain)])
+    base_rate = median(r.rows_per_s for r in base)
+    base_cpu = median(r.cpu_per_prompt for r in base)
+    rows = []
+    for label, cfg in (("no schema", plain), ("5-property schema", typed)):
+        runs = _good(found[(AIBATCH, cfg)])
+        if not runs:
+            rows.append([label, _failed(found[(AIBATCH, cfg)]), *["-"] * 6])
+            continue
+        cpu = median(r.cpu_per_prompt for r in runs)
+        rows.append(
+            [
+                label,
+                spread([r.rows_per_s for r in runs], num),
+                ratio(median(r.rows_per_s for r in runs) / base_rate),
+                spread([r.cpu_per_prompt * 1000 for r in runs], sig),
+                ratio(cpu / base_cpu),
+                f"{median(r.client_cores for r in runs):.2f}",
+                f"{median(r.emulator_cores for r in runs):.2f}",
+                num(median(r.ok for r in runs)),
+            ]
+        )
+    headers = [
+        "run",
+        "rows/s median (range)",
+        "/ no schema",
+        "CPU ms per prompt",
+        "/ no schema",
+        "client cores",
+        "emulator cores",
+        "ok rows",
+    ]
+    note = (
+        f"\n\n`aibatch run --provider openai -c {plain.concurrency}` on {plain.prompts:,} "
+        f"prompts against `aibatch emulate --protocol openai`, {LATENCY_MS} ms to the first "
+        "chunk, once plain and once with `--schema` (string, integer, number, boolean "
+        "and a string enum, all required, no additional properties): the emulator "
+        "answers such requests with conforming JSON, which aibatch parses, validates "
+        "and writes as typed columns. Each run is its own process; CPU is user + sys "
+        "of the whole process (os.wait4), start-up included."
+    )
+    return Section("Structured output (--schema)", table(headers, rows) + note)
+
+
 SECTIONS: dict[str, Callable[[Bench, Plan], Section]] = {
     "throughput": throughput,
     "cost": cost,
@@ -699,4 +775,5 @@ SECTIONS: dict[str, Callable[[Bench, Plan], Section]] = {
     "dask": dask,
     "anthropic": anthropic,
     "openai": openai,
+    "schema": schema,
 }

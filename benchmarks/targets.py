@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .measure import AIBATCH, BASELINE, GPT4FREE, Bench, Config, Run, median
 from .report import num, ratio, table
-from .sections import OVERLOAD_LIMIT, Plan, overload_config
+from .sections import OVERLOAD_LIMIT, Plan, overload_config, schema_configs
 
 
 def _runs(bench: Bench, client: str, config: Config) -> list[Run]:
@@ -119,6 +119,14 @@ def targets(bench: Bench, plan: Plan) -> str:
             at_least=False,
             shown=num(requests_per_row, 3),
         )
+
+    plain, typed = schema_configs(bench, plan)
+    add(
+        f"c={plain.concurrency}, 5-property schema: rows/s / no schema >= 0.9",
+        _rate(bench, AIBATCH, typed) / _rate(bench, AIBATCH, plain),
+        0.9,
+        at_least=True,
+    )
 
     reruns = bench.reruns
     if reruns:
