@@ -77,6 +77,22 @@ def test_an_answer_that_does_not_validate_names_the_path_and_keeps_the_answer():
     assert "'seven' is not of type 'integer'" in str(caught.value)
 
 
+def test_a_schema_of_draft_7_or_without_a_draft_is_checked_by_compiled_code():
+    pytest.importorskip("fastjsonschema")
+    schema = one_property({"type": "integer", "minimum": 1})
+
+    assert StructuredOutput(canonical_schema(schema)).engine == "fastjsonschema"
+
+
+def test_a_2020_12_schema_is_checked_by_jsonschema_the_reference():
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        **one_property({"type": "array", "prefixItems": [{"type": "integer"}]}),
+    }
+
+    assert StructuredOutput(canonical_schema(schema)).engine == "jsonschema"
+
+
 def test_an_answer_that_is_not_json_is_invalid_output():
     structured = StructuredOutput(canonical_schema(one_property({"type": "integer"})))
 
