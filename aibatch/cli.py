@@ -107,7 +107,10 @@ def _options(*decorators: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 def _job(*decls: str, **attrs: Any) -> Callable[[Any], Any]:
     """A ``run`` option setting the JobSpec field of its name, with the field's default."""
-    name = max(decls, key=len).split("/")[0].lstrip("-").replace("-", "_")
+    name = next(
+        (d for d in decls if d.isidentifier()),  # a field named apart from its option
+        max(decls, key=len).split("/")[0].lstrip("-").replace("-", "_"),
+    )
     default = _FIELDS[name].default
     if default not in (None, False):
         attrs.setdefault("default", default)
@@ -147,6 +150,9 @@ _run_options = _options(
     _job("--system", help="System message sent before every prompt."),
     _job("--messages-column", help="Column with a JSON list of {role, content}."),
     _job("--id-column", help="Unique row id column [default: the row number]."),
+    _job("--image-column", "image_columns", multiple=True, metavar="COL",
+         help="Column of images sent with the prompt: a path, an http(s) or data: URL, or"
+              " bytes (repeatable)."),
     _job("--provider", help="Provider name; `aibatch providers` lists them."),
     _job("--model", help="Model name [default: the provider's]."),
     _job("--base-url", help="Provider API base URL."),

@@ -2,20 +2,77 @@
 
 from __future__ import annotations
 
+import base64
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Image:
+    """An image sent with a message (``--image-column``).
+
+    Attributes:
+        sha256: hex digest of the image's bytes; for a URL, of the URL's text. What the
+            request identity holds: the image, not where it was read from.
+        media_type: ``image/png``, ``image/jpeg``, ``image/gif`` or ``image/webp``;
+            ``None`` for a URL.
+        size: bytes, for an image that is not a URL.
+        url: an ``http(s)`` URL, passed to the provider as it is.
+        data: the bytes, read only when the request is sent (``None`` while scanning).
+    """
+
+    sha256: str
+    media_type: str | None = None
+    size: int | None = None
+    url: str | None = None
+    data: bytes | None = field(default=None, repr=False)
+
+    def describe(self) -> str:
+        """A short description for ``sent_prompt``: never the bytes."""
+        if self.url is not None:
+            return f"[image: {self.url}]"
+        return f"[image: {self.media_type}, {self.size:,} bytes, sha256 {self.sha256[:8]}]"
+
+    def data_url(self) -> str:
+        """The image as its URL, or a ``data:`` URL of its bytes."""
+        if self.url is not None:
+            return self.url
+        if self.data is None:
+            raise ValueError(f"image {self.sha256[:8]} was not read (scan-only request)")
+        return f"data:{self.media_type};base64,{base64.b64encode(self.data).decode('ascii')}"
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """One chat message."""
+    """One chat message, with the images sent with it (user messages)."""
 
     role: str
     content: str
+    images: tuple[Image, ...] = ()
 
-    def to_dict(self) -> dict[str, str]:
-        """Return the message as the ``{"role", "content"}`` dict providers send."""
-        return {"role": self.role, "content": self.content}
+    def to_dict(self) -> dict[str, Any]:
+        """Return the message as the ``{"role", "content"}`` dict providers send.
+
+        With images, ``content`` is a list of OpenAI-style parts: the text, then an
+        ``{"type": "image_url", "image_url": {"url": ...}}`` part per image (a ``data:``
+        URL for bytes); providers with another format convert them.
+        """
+        if not self.images:
+            return {"role": self.role, "content": self.content}
+        parts: list[dict[str, Any]] = []
+        if self.content:
+            parts.append({"type": "text", "text": self.content})
+        parts += [{"type": "image_url", "image_url": {"url": i.data_url()}} for i in self.images]
+        return {"role": self.role, "content": parts}
+
+    def shown_dict(self) -> dict[str, Any]:
+        """The message as ``sent_prompt`` records it: the text, and a line per image."""
+        if not self.images:
+            return {"role": self.role, "content": self.content}
+        lines = [self.content] if self.content else []
+        lines += [image.describe() for image in self.images]
+        return {"role": self.role, "content": "\n".join(lines)}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -39,9 +96,19 @@ class ChatRequest:
     json_mode: str = "schema"
 
     @property
-    def message_dicts(self) -> list[dict[str, str]]:
+    def message_dicts(self) -> list[dict[str, Any]]:
         """The messages as a list of dicts."""
         return [m.to_dict() for m in self.messages]
+
+    @property
+    def shown_dicts(self) -> list[dict[str, Any]]:
+        """The messages as ``sent_prompt`` records them: images described, not included."""
+        return [m.shown_dict() for m in self.messages]
+
+    @property
+    def has_images(self) -> bool:
+        """Whether any message carries an image."""
+        return any(m.images for m in self.messages)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

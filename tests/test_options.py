@@ -32,6 +32,7 @@ RUN_ARGS: dict[str, tuple[list[str], list[str]]] = {
     "system": ([], ["--system", "Be brief."]),
     "messages_column": ([], ["--messages-column", "chat"]),
     "id_column": ([], ["--id-column", "id"]),
+    "image_columns": ([], ["--image-column", "pic", "--image-column", "logo"]),
     "provider": ([], ["--provider", "openai"]),
     "model": ([], ["--model", "m-2"]),
     "base_url": ([], ["--base-url", "http://127.0.0.1:9"]),
@@ -115,6 +116,7 @@ FIELD_VALUES: dict[str, dict[str, Any]] = {
     "system": {"system": "Be brief."},
     "messages_column": {"messages_column": "chat"},
     "id_column": {"id_column": "id"},
+    "image_columns": {"image_columns": ("pic",)},
     "provider": {"provider": "openai"},
     "model": {"model": "m-2"},
     "base_url": {"base_url": "http://127.0.0.1:9"},
@@ -158,7 +160,7 @@ FIELD_VALUES: dict[str, dict[str, Any]] = {
 CHANGES_A_REQUEST = {
     "prompt_column", "template", "system", "messages_column", "id_column", "provider",
     "model", "emulate", "temperature", "top_p", "top_k", "max_tokens", "seed", "stop",
-    "schema", "json_mode",
+    "schema", "json_mode", "image_columns",
 }  # fmt: skip
 
 

@@ -94,10 +94,12 @@ def _digest(data: bytes) -> int:
 
 
 def request_hash(request: ChatRequest, service: str) -> int:
-    """A 64-bit hash of what a request asks: service, model, messages and options."""
+    """A 64-bit hash of what a request asks: service, model, messages, images, options."""
     parts = [service, request.model]
     for message in request.messages:
         parts += (message.role, message.content)
+        if message.images:  # the images' content, not their paths
+            parts += ["images", *(image.sha256 for image in message.images)]
     parts += [f"{k}={v!r}" for k, v in request.options]
     if request.schema is not None:  # (so rows without one hash as they always did)
         parts += ["schema", request.schema, request.json_mode]

@@ -117,6 +117,7 @@ class JobSpec:
     system: str | None = field(default=None, metadata=opt(request=True))
     messages_column: str | None = field(default=None, metadata=opt(request=True))
     id_column: str | None = field(default=None, metadata=opt(request=True))
+    image_columns: tuple[str, ...] | None = field(default=None, metadata=opt(request=True))
     provider: str = field(default="aichatonline", metadata=opt(request=True))
     model: str | None = field(default=None, metadata=opt(request=True))
     base_url: str | None = None
@@ -192,6 +193,10 @@ class JobSpec:
         _check(
             self.stop is None or (0 < len(self.stop) <= 4 and all(self.stop)),
             "stop takes 1 to 4 non-empty strings",
+        )
+        _check(
+            self.image_columns is None or (bool(self.image_columns) and all(self.image_columns)),
+            "image_columns takes one or more column names",
         )
         _check(
             self.api_key_env is None or bool(self.api_key_env.strip()),

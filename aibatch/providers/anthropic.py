@@ -285,6 +285,7 @@ class AnthropicMessages(AsyncGeneratorProvider, ProviderModelMixin):
     can_disable_stream: ClassVar[bool] = True
     reports_usage: ClassVar[bool] = True
     structured_output: ClassVar[bool] = True
+    takes_images: ClassVar[bool] = True
     #: ``max_tokens`` is required by the API: this, unless the job sets it
     request_defaults: ClassVar[Mapping[str, object]] = {"max_tokens": DEFAULT_MAX_TOKENS}
 
@@ -299,8 +300,8 @@ class AnthropicMessages(AsyncGeneratorProvider, ProviderModelMixin):
         return f"AnthropicMessages(base_url={self.base_url!r}, stream={self.stream})"
 
     def render(self, request: ChatRequest) -> str:
-        """The ``system`` and ``messages`` sent for ``request``, as JSON."""
-        system, messages = split_system(request.message_dicts)
+        """The ``system`` and ``messages`` sent for ``request``, as JSON (images described)."""
+        system, messages = split_system(request.shown_dicts)
         shown: dict[str, Any] = {"system": system} if system is not None else {}
         shown["messages"] = messages
         return json.dumps(shown, ensure_ascii=False)
@@ -393,7 +394,8 @@ def split_system(
     """Split a conversation into Anthropic's ``system`` text and its ``messages``.
 
     System (and developer) messages, wherever they stand, are joined by a blank line
-    into ``system``; the rest keep their order and roles.
+    into ``system``; the rest keep their order and roles, their OpenAI-style
+    ``image_url`` parts made ``image`` blocks (:func:`image_block`).
     """
     system: list[str] = []
     turns: list[dict[str, Any]] = []
@@ -405,8 +407,28 @@ def split_system(
                 system.append(text)
         else:
             content = message.get("content")
+            if isinstance(content, list):
+                content = [image_block(part) for part in content]
             turns.append({"role": role, "content": "" if content is None else content})
     return ("\n\n".join(system) if system else None), turns
+
+
+def image_block(part: Any) -> Any:
+    """An OpenAI ``image_url`` part as an Anthropic ``image`` block; other parts as they are.
+
+    A ``data:`` URL becomes a ``base64`` source with its media type, any other URL a
+    ``url`` source.
+    """
+    if not (isinstance(part, Mapping) and part.get("type") == "image_url"):
+        return part
+    url = str((part.get("image_url") or {}).get("url", ""))
+    header, comma, data = url.partition(",")
+    if url.startswith("data:") and comma and header.endswith(";base64"):
+        media = header[len("data:") : -len(";base64")]
+        source = {"type": "base64", "media_type": media, "data": data}
+    else:
+        source = {"type": "url", "url": url}
+    return {"type": "image", "source": source}
 
 
 async def response_error(

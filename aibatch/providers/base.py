@@ -143,6 +143,9 @@ class AsyncGeneratorProvider:
     #: ``response_schema`` (JSON text) and ``json_mode``; otherwise the schema is
     #: appended to the prompt as an instruction (:func:`~.helpers.with_schema`)
     structured_output: ClassVar[bool] = False
+    #: whether the provider sends images (``--image-column``): its messages' ``content``
+    #: is then a list of parts, the text and ``image_url`` parts (``Message.to_dict``)
+    takes_images: ClassVar[bool] = False
     #: values the provider sends for options the job leaves unset (in the output metadata)
     request_defaults: ClassVar[Mapping[str, object]] = {}
     #: the provider's own ``create_async_generator``, unwrapped (set for each subclass)

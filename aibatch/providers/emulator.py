@@ -37,6 +37,7 @@ from aiohttp import web
 
 from ..errors import UsageError
 from . import emulator_anthropic as anthropic
+from .emulator_images import image_note
 from .emulator_json import invalid_json_for, json_answer_for
 from .faults import PROTOCOLS, Faults
 from .helpers import SCHEMA_INSTRUCTION, format_prompt
@@ -334,7 +335,7 @@ class Emulator:
             return self._refuse("bad_request", 400, "body needs a 'model' and a list of 'messages'")
         prompt = format_prompt(messages)
         answer = _Answer(
-            answer_for(prompt),
+            answer_for(prompt) + image_note(messages),
             model=body["model"],
             stream=bool(body.get("stream")),
             prompt_tokens=len(prompt.split()),

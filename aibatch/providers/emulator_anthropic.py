@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .emulator_images import image_note
 from .emulator_json import json_answer_for
 from .helpers import format_prompt
 
@@ -238,7 +239,7 @@ def read_request(
     conversation = ([{"role": "system", "content": system}] if system else []) + body["messages"]
     prompt = format_prompt(conversation)
     answer = MessagesAnswer(
-        answer_for(prompt),
+        answer_for(prompt) + image_note(body["messages"]),
         model=body["model"],
         input_tokens=len(prompt.split()),
         stream=bool(body.get("stream")),

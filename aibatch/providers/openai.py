@@ -176,6 +176,7 @@ class OpenAIChat(AsyncGeneratorProvider, ProviderModelMixin):
     can_disable_stream: ClassVar[bool] = True
     reports_usage: ClassVar[bool] = True
     structured_output: ClassVar[bool] = True
+    takes_images: ClassVar[bool] = True
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -188,8 +189,8 @@ class OpenAIChat(AsyncGeneratorProvider, ProviderModelMixin):
         return f"OpenAIChat(base_url={self.base_url!r}, stream={self.stream})"
 
     def render(self, request: ChatRequest) -> str:
-        """The messages sent for ``request``, as JSON."""
-        return json.dumps(request.message_dicts, ensure_ascii=False)
+        """The messages sent for ``request``, as JSON (images described, not included)."""
+        return json.dumps(request.shown_dicts, ensure_ascii=False)
 
     def _body(
         self, model: str, messages: Sequence[Mapping[str, Any]], options: dict[str, Any]

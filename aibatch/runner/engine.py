@@ -378,7 +378,7 @@ class _Partition:
         """
         if batch.start + batch.data.num_rows > len(plan.loc):
             raise InputChanged(self.source.name, "it has more rows than when it was first read")
-        requests = self.builder.requests(batch)
+        requests = self.builder.requests(batch, load_images=True)
         keys, service = self.keys, self.service
         jobs = []
         for index in rows.tolist():

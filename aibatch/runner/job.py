@@ -152,6 +152,8 @@ def checked_provider(spec: JobSpec) -> type[AsyncGeneratorProvider]:
                 f"the {provider.name} provider takes --{name.replace('_', '-')} from"
                 f" {bounds[0]:g} to {bounds[1]:g}, not {value:g}"
             )
+    if spec.image_columns and not provider.takes_images:
+        raise UsageError(f"the {provider.name} provider takes no images; drop --image-column")
     if not spec.stream and not provider.can_disable_stream:
         raise UsageError(f"the {provider.name} provider always streams; drop --no-stream")
     if spec.emulate and provider.name not in PROTOCOLS:

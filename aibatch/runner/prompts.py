@@ -1,7 +1,8 @@
 """Rows to requests.
 
 A row's request comes from the prompt column, a template over columns, or a column of
-whole conversations, with an optional system message first.
+whole conversations, with an optional system message first, and the images of its
+``--image-column`` cells added to its (last) user message.
 
 Templates take plain column names only. They are not rendered with ``str.format``,
 which would let ``{text.__class__.__mro__}`` reach into Python objects: a template is
@@ -11,16 +12,19 @@ parsed once into literal text and column names, and rendering only joins strings
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import string
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, UsageError, shown
+from ..errors import InputChanged, InputError, UsageError, shown
+from ..io.images import read_image
 from ..io.inputs import Batch
 from ..jobs.spec import JobSpec
 from ..providers.helpers import to_text
-from ..types import ChatRequest, Message
+from ..types import ChatRequest, Image, Message
 
 __all__ = ["PromptBuilder", "parse_template"]
 
@@ -78,6 +82,9 @@ class PromptBuilder:
         self.options = spec.sampling()
         self.schema = spec.schema
         self.json_mode = spec.json_mode
+        self.image_columns = spec.image_columns or ()
+        source = Path(spec.input)
+        self.folder = source if source.is_dir() else source.parent  # relative image paths
 
     def needed_columns(self) -> list[str]:
         """The input columns the job reads."""
@@ -89,7 +96,7 @@ class PromptBuilder:
             names = [self.spec.prompt_column]
         if self.spec.id_column:
             names.append(self.spec.id_column)
-        return names
+        return names + [n for n in self.image_columns if n not in names]
 
     def check_columns(self, columns: Sequence[str]) -> None:
         """Raise an :class:`InputError` naming the first needed column that is missing.
@@ -105,6 +112,8 @@ class PromptBuilder:
                     if name == self.spec.messages_column
                     else "--id-column"
                     if name == self.spec.id_column
+                    else "--image-column"
+                    if name in self.image_columns
                     else "--template"
                     if self.template is not None
                     else "--prompt-column"
@@ -129,12 +138,50 @@ class PromptBuilder:
                 )
         return [str(v) for v in values]
 
-    def requests(self, batch: Batch) -> list[ChatRequest | None]:
+    def requests(self, batch: Batch, *, load_images: bool = False) -> list[ChatRequest | None]:
         """Each row's request, or ``None`` for a row with nothing to ask (skipped).
 
+        Args:
+            batch: the rows.
+            load_images: read the images' bytes, to send them; else (the scan) only
+                their hashes, so that no image is kept in memory.
+
         Raises:
-            InputError: a messages cell that is not a JSON list of ``{role, content}``.
+            InputError: a messages cell that is not a JSON list of ``{role, content}``;
+                an image cell naming a missing file or holding no PNG, JPEG, GIF or WebP.
+            InputChanged: (``load_images``) an image that could be read at the scan can
+                no longer be.
         """
+        requests = self._requests(batch)
+        if not self.image_columns:
+            return requests
+        images = self._images(batch, load_images)
+        out: list[ChatRequest | None] = []
+        for request, row_images in zip(requests, images, strict=True):
+            if request is None or not row_images:
+                out.append(request)
+            else:
+                out.append(_with_images(request, row_images))
+        return out
+
+    def _images(self, batch: Batch, load: bool) -> list[tuple[Image, ...]]:
+        rows: list[list[Image]] = [[] for _ in range(batch.data.num_rows)]
+        for name in self.image_columns:
+            for index, cell in enumerate(_column(batch, name)):
+                try:
+                    image = read_image(cell, self.folder, load=load)
+                except ValueError as exc:
+                    line, row = batch.line_of(index)
+                    if load:
+                        raise InputChanged(self.path, f"row {row}, column {name}: {exc}") from exc
+                    raise InputError(
+                        self.path, f"row {row}: {exc}", line=line, column=name
+                    ) from exc
+                if image is not None:
+                    rows[index].append(image)
+        return [tuple(images) for images in rows]
+
+    def _requests(self, batch: Batch) -> list[ChatRequest | None]:
         if self.spec.messages_column:
             return self._from_messages(batch)
         if self.template is not None:
@@ -245,6 +292,19 @@ _DELIMITERS = {
     "\t": ("tab", "tab"),
     ",": ("comma", "','"),
 }
+
+
+def _with_images(request: ChatRequest, images: tuple[Image, ...]) -> ChatRequest:
+    """``request`` with ``images`` added to its last user message."""
+    messages = list(request.messages)
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i].role == "user":
+            message = messages[i]
+            messages[i] = Message(message.role, message.content, (*message.images, *images))
+            break
+    else:
+        messages.append(Message("user", "", images))
+    return dataclasses.replace(request, messages=tuple(messages))
 
 
 def _column(batch: Batch, name: str) -> list[Any]:
