@@ -360,7 +360,13 @@ class _Partition:
                         )
                         if not len(rows):
                             continue
-                        for job in self._jobs(batch, rows, plan):
+                        if self.builder.image_columns:  # reads image files: off the loop
+                            batch_jobs = await anyio.to_thread.run_sync(
+                                self._jobs, batch, rows, plan
+                            )
+                        else:
+                            batch_jobs = self._jobs(batch, rows, plan)
+                        for job in batch_jobs:
                             await send(jobs, job)
                 except InputError as exc:
                     # The input changed: start no more requests, but let those in flight

@@ -410,3 +410,54 @@ def test_needed_columns_lists_the_template_fields_once_then_the_id_column():
 
 def test_a_messages_column_needs_only_itself():
     assert builder(messages_column="chat").needed_columns() == ["chat"]
+
+
+# images
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(24))
+
+
+def image_builder(tmp_path: Any, **options: Any) -> PromptBuilder:
+    source = str(tmp_path / "in.csv")
+    spec = JobSpec(input=source, image_columns=("pic",), **options)
+    return PromptBuilder(spec, MODEL, source)
+
+
+def test_the_scan_and_the_send_step_key_an_image_request_alike(tmp_path: Any):
+    from aibatch.jobs.checkpoint import request_hash
+
+    (tmp_path / "a.png").write_bytes(PNG)
+    rows = batch(prompt=["Look."], pic=["a.png"])
+
+    scanned = image_builder(tmp_path).requests(rows)[0]
+    loaded = image_builder(tmp_path).requests(rows, load_images=True)[0]
+
+    assert scanned is not None and loaded is not None
+    assert scanned.messages[-1].images[0].data is None
+    assert request_hash(scanned, "s") == request_hash(loaded, "s")
+
+
+def test_an_image_gone_by_the_send_step_is_an_input_change(tmp_path: Any):
+    from aibatch.errors import InputChanged
+
+    (tmp_path / "a.png").write_bytes(PNG)
+    rows = batch(prompt=["Look."], pic=["a.png"])
+    image_builder(tmp_path).requests(rows)
+    (tmp_path / "a.png").unlink()
+
+    with pytest.raises(InputChanged, match="row 0, column pic: no image file"):
+        image_builder(tmp_path).requests(rows, load_images=True)
+
+
+def test_images_join_the_last_user_message_of_a_conversation(tmp_path: Any):
+    (tmp_path / "a.png").write_bytes(PNG)
+    chat = json.dumps(
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+         {"role": "user", "content": "What is this?"}]
+    )  # fmt: skip
+    rows = batch(chat=[chat], pic=["a.png"])
+
+    [request] = image_builder(tmp_path, messages_column="chat").requests(rows)
+
+    assert request is not None
+    assert [len(m.images) for m in request.messages] == [0, 0, 1]
