@@ -83,6 +83,20 @@ def test_max_cost_without_max_tokens_is_refused(tmp_path: Path, openai_emulator:
     assert "--max-cost needs --max-tokens" in result.stderr
 
 
+def test_max_cost_with_image_columns_is_refused(tmp_path: Path, openai_emulator: Emulator):
+    source = tmp_path / "in.csv"
+    source.write_text("prompt,photo\nwhat is this?,cat.png\n", encoding="utf-8")
+    (tmp_path / "cat.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+
+    result = run_openai(
+        source, openai_emulator, "--max-cost", 1, "--max-tokens", 10, "--image-column", "photo",
+        *PRICES,
+    )  # fmt: skip
+
+    assert result.exit_code == 2 and openai_emulator.stats.chat_requests == 0
+    assert "--max-cost cannot bound requests with images" in result.stderr
+
+
 def test_a_run_its_budget_stopped_exits_3_and_says_how_to_go_on(
     tmp_path: Path, openai_emulator: Emulator
 ):

@@ -183,6 +183,11 @@ def _check_budget(spec: JobSpec, provider: type[AsyncGeneratorProvider]) -> None
             "--max-cost needs --max-tokens: without a cap on an answer's length no request's"
             " cost has an upper bound"
         )
+    if spec.image_columns:
+        raise UsageError(
+            "--max-cost cannot bound requests with images (--image-column): what an image"
+            " costs in input tokens is the service's to decide; run without a budget"
+        )
     lookup = look_up_price(
         provider.get_model(spec.model), input_price=spec.input_price, output_price=spec.output_price
     )
