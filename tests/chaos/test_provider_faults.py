@@ -161,7 +161,7 @@ async def test_connection_refused_on_every_attempt_ends_error_with_its_reason(tm
     rows = assert_every_row_accounted(tmp_path / "in.responses.parquet", prompts, all_ok=False)
     assert summary.error == 3
     for row in rows:
-        assert row["error_type"] == "TransientError" and row["attempts"] == 2
+        assert row["error_type"] == "ConnectionRefused" and row["attempts"] == 2
         assert "failed" in row["error"] and row["http_status"] is None
 
 
