@@ -11,10 +11,12 @@ from __future__ import annotations
 import datetime
 import email.utils
 import errno
+import json
 import math
 import re
 import time
 from collections.abc import Mapping
+from typing import Any
 
 import aiohttp
 
@@ -36,6 +38,7 @@ __all__ = [
     "parse_duration",
     "parse_reset_time",
     "parse_retry_after",
+    "read_json_object",
     "response_error",
     "retry_after_from",
     "status_error",
@@ -272,3 +275,18 @@ def _refused_or_reset(exc: BaseException) -> bool:
         | aiohttp.ClientOSError
         | aiohttp.ClientConnectionResetError,
     )
+
+
+async def read_json_object(response: aiohttp.ClientResponse, status: int | None) -> dict[str, Any]:
+    """A whole (not streamed) answer's body as a JSON object.
+
+    Raises:
+        TransientError: the body is not a JSON object (a proxy's error page, a cut body).
+    """
+    try:
+        data = json.loads(await response.read())
+    except ValueError as exc:
+        raise TransientError("the answer is not JSON", http_status=status) from exc
+    if not isinstance(data, dict):
+        raise TransientError("the answer is not a JSON object", http_status=status)
+    return data

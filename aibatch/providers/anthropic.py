@@ -37,7 +37,14 @@ from ..errors import (
     Unauthorized,
 )
 from ..types import ChatRequest
-from ._http import HTTP_ERRORS, LineSplitter, http_error, retry_after_from, status_error
+from ._http import (
+    HTTP_ERRORS,
+    LineSplitter,
+    http_error,
+    read_json_object,
+    retry_after_from,
+    status_error,
+)
 from .base import AsyncGeneratorProvider, ProviderModelMixin, StreamInfo
 from .helpers import to_text
 
@@ -367,7 +374,7 @@ class AnthropicMessages(AsyncGeneratorProvider, ProviderModelMixin):
                 if response.status >= 400:
                     raise await response_error(response, secret=self._api_key)
                 if not self.stream:
-                    answer = await _json(response, info)
+                    answer = await read_json_object(response, info.http_status)
                     text = read_message(answer, info, secret=self._api_key, tool_input=tool_input)
                     if text:
                         yield text
@@ -461,16 +468,6 @@ async def response_error(
         retry_after=retry_after_from(response.headers),
         auth_error=Unauthorized,
     )
-
-
-async def _json(response: aiohttp.ClientResponse, info: StreamInfo) -> dict[str, Any]:
-    try:
-        data = json.loads(await response.read())
-    except ValueError as exc:
-        raise TransientError("the answer is not JSON", http_status=info.http_status) from exc
-    if not isinstance(data, dict):
-        raise TransientError("the answer is not a JSON object", http_status=info.http_status)
-    return data
 
 
 ANSWER_TOOL = "answer"  # the tool that carries a --schema answer

@@ -21,8 +21,6 @@ import logging
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any, ClassVar
 
-import aiohttp
-
 from ..errors import (
     Overloaded,
     PermanentError,
@@ -32,7 +30,7 @@ from ..errors import (
     Unauthorized,
 )
 from ..types import ChatRequest
-from ._http import HTTP_ERRORS, LineSplitter, http_error, response_error
+from ._http import HTTP_ERRORS, LineSplitter, http_error, read_json_object, response_error
 from .base import AsyncGeneratorProvider, ProviderModelMixin, StreamInfo
 
 log = logging.getLogger(__name__)
@@ -245,7 +243,7 @@ class OpenAIChat(AsyncGeneratorProvider, ProviderModelMixin):
                         response, "chat completion", secret=self._api_key, auth_error=Unauthorized
                     )
                 if not self.stream:
-                    answer = await _json(response, info)
+                    answer = await read_json_object(response, info.http_status)
                     text = read_event(answer, info, delta=False, secret=self._api_key)
                     if text:
                         yield text
@@ -259,16 +257,6 @@ class OpenAIChat(AsyncGeneratorProvider, ProviderModelMixin):
         for text in parser.close():
             yield text
         _check_done(parser, info)
-
-
-async def _json(response: aiohttp.ClientResponse, info: StreamInfo) -> dict[str, Any]:
-    try:
-        data = json.loads(await response.read())
-    except ValueError as exc:
-        raise TransientError("the answer is not JSON", http_status=info.http_status) from exc
-    if not isinstance(data, dict):
-        raise TransientError("the answer is not a JSON object", http_status=info.http_status)
-    return data
 
 
 def _check_done(parser: SseParser, info: StreamInfo) -> None:
