@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import os
+import stat
 from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
@@ -19,6 +21,9 @@ from ..types import Image
 __all__ = ["media_type", "read_image"]
 
 _CHUNK = 1 << 20
+# The services take images of a few MB (OpenAI 20 MB, Anthropic 5 MB a request):
+# anything larger is refused before it is read.
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
 
 
 def media_type(head: bytes) -> str | None:
@@ -61,6 +66,10 @@ def read_image(cell: object, folder: Path, *, load: bool = False) -> Image | Non
 
 
 def _from_bytes(data: bytes, what: str, load: bool) -> Image:
+    if len(data) > MAX_IMAGE_BYTES:
+        raise ValueError(
+            f"{what} has {len(data):,} bytes; the most an image may have is {MAX_IMAGE_BYTES:,}"
+        )
     kind = media_type(data[:12])
     if kind is None:
         raise ValueError(f"{what} is not a PNG, JPEG, GIF or WebP image")
@@ -74,10 +83,21 @@ def _from_bytes(data: bytes, what: str, load: bool) -> Image:
 
 def _from_file(path: Path, shown: str, load: bool) -> Image:
     try:
+        info = os.stat(path)  # before opening: opening a pipe would wait for a writer
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"image file {shown!r} is not a regular file")
+        if info.st_size > MAX_IMAGE_BYTES:
+            raise ValueError(
+                f"image file {shown!r} has {info.st_size:,} bytes; the most an image may"
+                f" have is {MAX_IMAGE_BYTES:,}"
+            )
         with path.open("rb") as file:
-            if load:
-                return _from_bytes(file.read(), f"image file {shown!r}", load=True)
             head = file.read(12)
+            kind = media_type(head)
+            if kind is None:  # said before reading the rest
+                raise ValueError(f"image file {shown!r} is not a PNG, JPEG, GIF or WebP image")
+            if load:
+                return _from_bytes(head + file.read(), f"image file {shown!r}", load=True)
             digest = hashlib.sha256(head)
             size = len(head)
             while chunk := file.read(_CHUNK):  # hashed in pieces: no image kept whole
@@ -87,9 +107,6 @@ def _from_file(path: Path, shown: str, load: bool) -> Image:
         raise ValueError(f"no image file {shown!r}") from None
     except OSError as exc:
         raise ValueError(f"cannot read image file {shown!r}: {exc.strerror or exc}") from None
-    kind = media_type(head)
-    if kind is None:
-        raise ValueError(f"image file {shown!r} is not a PNG, JPEG, GIF or WebP image")
     return Image(sha256=digest.hexdigest(), media_type=kind, size=size)
 
 

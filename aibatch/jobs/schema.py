@@ -23,6 +23,8 @@ the drafts it supports).
 from __future__ import annotations
 
 import json
+import logging
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -31,6 +33,8 @@ from typing import Any
 import pyarrow as pa
 
 from ..errors import InvalidOutput, UsageError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["StructuredOutput", "arrow_schema", "canonical_schema", "extract_json"]
 
@@ -77,6 +81,39 @@ def canonical_schema(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: no JSON number means infinity
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+# Only JSON: NaN and Infinity (which json.loads takes) slip past minimum and maximum.
+_STRICT = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _out_of_range(value: Any, path: str = "$") -> str | None:
+    """The path of the first integer an int64 column cannot hold, if any."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return path if not _INT64[0] <= value <= _INT64[1] else None
+    if isinstance(value, Mapping):
+        items: Any = ((f"{path}.{k}", v) for k, v in value.items())
+    elif isinstance(value, list):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for where, item in items:
+        found = _out_of_range(item, where)
+        if found is not None:
+            return found
+    return None
+
+
 def extract_json(text: str) -> Any:
     """The JSON value in an answer: the whole text, a fenced block, or the first object.
 
@@ -84,15 +121,15 @@ def extract_json(text: str) -> Any:
         InvalidOutput: no JSON found.
     """
     try:
-        return json.loads(text)
+        return _STRICT.decode(text)
     except ValueError:
         pass
     for match in _FENCE.finditer(text):
         try:
-            return json.loads(match.group(1))
+            return _STRICT.decode(match.group(1))
         except ValueError:
             continue
-    decoder = json.JSONDecoder()
+    decoder = _STRICT
     start = text.find("{")
     for _ in range(_MAX_OBJECT_STARTS):
         if start < 0:
@@ -310,6 +347,13 @@ class StructuredOutput:
             InvalidOutput: not JSON, or not valid for the schema (first error and path).
         """
         value = extract_json(text)
+        too_big = _out_of_range(value)
+        if too_big is not None:
+            raise InvalidOutput(
+                f"the answer has an integer at {too_big} beyond 64 bits",
+                response=text,
+                path=too_big,
+            )
         if self._fast is not None:
             try:
                 self._fast(value)
@@ -342,5 +386,26 @@ class StructuredOutput:
         for field, convert in zip(self.arrow, self._converts, strict=True):
             name = field.name
             column = [None if v is None else convert(v.get(name)) for v in values]
-            arrays.append(pa.array(column, field.type))
+            arrays.append(_typed(column, field))
         return arrays
+
+
+def _typed(column: list[Any], field: pa.Field) -> pa.Array:
+    """``column`` as ``field``'s type; a value the type cannot hold is null, with a warning.
+
+    Answers are checked before they are stored, but a checkpoint may hold answers checked
+    under another schema: one odd value must not stop the output from being written.
+    """
+    try:
+        return pa.array(column, field.type)
+    except (pa.ArrowException, OverflowError, TypeError, ValueError):
+        pass
+    kept: list[Any] = []
+    for value in column:
+        try:
+            pa.array([value], field.type)
+        except (pa.ArrowException, OverflowError, TypeError, ValueError):
+            log.warning("a %s value its type cannot hold is written as null", field.name)
+            value = None
+        kept.append(value)
+    return pa.array(kept, field.type)

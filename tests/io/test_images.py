@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
 
-from aibatch.io.images import media_type, read_image
+from aibatch.io.images import MAX_IMAGE_BYTES, media_type, read_image
 from aibatch.providers.anthropic import image_block
 from aibatch.types import Image, Message
 
@@ -73,3 +74,25 @@ def test_an_image_message_is_sent_as_openai_parts_and_anthropic_blocks():
         {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": encoded}},
         {"type": "image", "source": {"type": "url", "url": "https://example.org/cat.png"}},
     ]
+
+
+def test_a_pipe_named_as_an_image_is_refused_without_waiting_for_a_writer(tmp_path: Path):
+    os.mkfifo(tmp_path / "a.png")
+
+    with pytest.raises(ValueError, match="not a regular file"):
+        read_image("a.png", tmp_path)
+
+
+def test_an_image_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path: Path):
+    with (tmp_path / "big.png").open("wb") as handle:
+        handle.truncate(MAX_IMAGE_BYTES + 1)  # sparse: no bytes written
+
+    with pytest.raises(ValueError, match="the most an image may have"):
+        read_image("big.png", tmp_path)
+
+
+def test_a_large_file_that_is_not_an_image_is_refused_from_its_first_bytes(tmp_path: Path):
+    (tmp_path / "notes.png").write_bytes(b"plain text, not an image\n" * 1000)
+
+    with pytest.raises(ValueError, match="is not a PNG, JPEG, GIF or WebP image"):
+        read_image("notes.png", tmp_path)

@@ -93,6 +93,34 @@ def test_a_2020_12_schema_is_checked_by_jsonschema_the_reference():
     assert StructuredOutput(canonical_schema(schema)).engine == "jsonschema"
 
 
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_a_number_json_cannot_hold_is_invalid_output(number: str):
+    structured = StructuredOutput(
+        canonical_schema(one_property({"type": "number", "minimum": 1, "maximum": 5}))
+    )
+
+    with pytest.raises(InvalidOutput):
+        structured.check(f'{{"x": {number}}}')
+
+
+def test_an_integer_beyond_64_bits_is_invalid_output_naming_its_path():
+    structured = StructuredOutput(canonical_schema(one_property({"type": "integer"})))
+
+    with pytest.raises(InvalidOutput) as caught:
+        structured.check('{"x": 123456789012345678901234567890}')
+
+    assert caught.value.path == "$.x"
+
+
+def test_a_stored_answer_its_column_cannot_hold_is_written_as_null_not_a_crash():
+    structured = StructuredOutput(canonical_schema(one_property({"type": "integer"})))
+    answers = ['{"x": 1}', '{"x": 123456789012345678901234567890}']
+
+    (column,) = structured.columns(answers, [True, True])
+
+    assert column.to_pylist() == [1, None]
+
+
 def test_an_answer_that_is_not_json_is_invalid_output():
     structured = StructuredOutput(canonical_schema(one_property({"type": "integer"})))
 
