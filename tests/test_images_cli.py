@@ -161,3 +161,21 @@ def test_a_rerun_resends_a_row_whose_image_bytes_changed_but_not_a_moved_image(
     assert json.loads(rows[1]["sent_prompt"])[0]["content"].endswith(
         f"sha256 {short(PNG + b'b.png')}]"
     )
+
+
+def test_more_image_rows_than_requests_in_flight_each_get_their_own_image(tmp_path: Path):
+    pictures = []
+    for i in range(7):
+        data = PNG + bytes([i])
+        (tmp_path / f"p{i}.png").write_bytes(data)
+        pictures.append(data)
+    source = image_csv(tmp_path, [f"p{i}.png" for i in range(7)])
+
+    with openai_emulator() as emu:
+        result = run_with(emu, "openai", source, "--image-column", "picture", "-c", 2)
+
+    assert result.exit_code == 0, result.stderr
+    rows = rows_of(tmp_path / "in.responses.parquet")
+    assert [r["response"].rsplit("sha256 ", 1)[1] for r in rows] == [
+        f"{short(data)}]" for data in pictures
+    ]

@@ -360,14 +360,20 @@ class _Partition:
                         )
                         if not len(rows):
                             continue
-                        if self.builder.image_columns:  # reads image files: off the loop
-                            batch_jobs = await anyio.to_thread.run_sync(
-                                self._jobs, batch, rows, plan
-                            )
-                        else:
-                            batch_jobs = self._jobs(batch, rows, plan)
-                        for job in batch_jobs:
-                            await send(jobs, job)
+                        if not self.builder.image_columns:
+                            for job in self._jobs(batch, rows, plan):
+                                await send(jobs, job)
+                            continue
+                        # Images are read off the loop, a few rows at a time: a batch's
+                        # images all held at once could be gigabytes.
+                        texts = self.builder.texts(batch)
+                        step = max(1, self.spec.concurrency)
+                        for first in range(0, len(rows), step):
+                            part = rows[first : first + step]
+                            for job in await anyio.to_thread.run_sync(
+                                self._jobs, batch, part, plan, texts
+                            ):
+                                await send(jobs, job)
                 except InputError as exc:
                     # The input changed: start no more requests, but let those in flight
                     # finish and be stored (they were checked), then stop the run.
@@ -376,15 +382,24 @@ class _Partition:
                 except anyio.BrokenResourceError:
                     return  # every worker stopped (a refused key, a full disk): theirs is the error
 
-    def _jobs(self, batch: Batch, rows: np.ndarray, plan: Plan) -> list[_Job]:
+    def _jobs(
+        self,
+        batch: Batch,
+        rows: np.ndarray,
+        plan: Plan,
+        texts: list[ChatRequest | None] | None = None,
+    ) -> list[_Job]:
         """The rows of ``batch`` at ``rows`` to send, each checked against the scan.
+
+        With image columns, only these rows' images are read (``texts``: the batch's
+        requests without images, built once per batch).
 
         Raises:
             InputChanged: a row is not the one the scan keyed (the file changed since).
         """
         if batch.start + batch.data.num_rows > len(plan.loc):
             raise InputChanged(self.source.name, "it has more rows than when it was first read")
-        requests = self.builder.requests(batch, load_images=True)
+        requests = self.builder.requests(batch, load_images=True, only=rows.tolist(), texts=texts)
         keys, service = self.keys, self.service
         jobs = []
         for index in rows.tolist():

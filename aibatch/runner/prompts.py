@@ -138,13 +138,23 @@ class PromptBuilder:
                 )
         return [str(v) for v in values]
 
-    def requests(self, batch: Batch, *, load_images: bool = False) -> list[ChatRequest | None]:
+    def requests(
+        self,
+        batch: Batch,
+        *,
+        load_images: bool = False,
+        only: Sequence[int] | None = None,
+        texts: list[ChatRequest | None] | None = None,
+    ) -> list[ChatRequest | None]:
         """Each row's request, or ``None`` for a row with nothing to ask (skipped).
 
         Args:
             batch: the rows.
             load_images: read the images' bytes, to send them; else (the scan) only
                 their hashes, so that no image is kept in memory.
+            only: read the images of these rows of ``batch`` only (the others' requests
+                come without them): the send step loads a few rows' images at a time.
+            texts: the batch's requests without images, when already built.
 
         Raises:
             InputError: a messages cell that is not a JSON list of ``{role, content}``;
@@ -152,10 +162,10 @@ class PromptBuilder:
             InputChanged: (``load_images``) an image that could be read at the scan can
                 no longer be.
         """
-        requests = self._requests(batch)
+        requests = self._requests(batch) if texts is None else texts
         if not self.image_columns:
             return requests
-        images = self._images(batch, load_images)
+        images = self._images(batch, load_images, only)
         out: list[ChatRequest | None] = []
         for request, row_images in zip(requests, images, strict=True):
             if request is None or not row_images:
@@ -164,10 +174,14 @@ class PromptBuilder:
                 out.append(_with_images(request, row_images))
         return out
 
-    def _images(self, batch: Batch, load: bool) -> list[tuple[Image, ...]]:
+    def _images(
+        self, batch: Batch, load: bool, only: Sequence[int] | None
+    ) -> list[tuple[Image, ...]]:
         rows: list[list[Image]] = [[] for _ in range(batch.data.num_rows)]
         for name in self.image_columns:
-            for index, cell in enumerate(_column(batch, name)):
+            cells = _column(batch, name)
+            for index in range(len(cells)) if only is None else only:
+                cell = cells[index]
                 try:
                     image = read_image(cell, self.folder, load=load)
                 except ValueError as exc:
@@ -180,6 +194,10 @@ class PromptBuilder:
                 if image is not None:
                     rows[index].append(image)
         return [tuple(images) for images in rows]
+
+    def texts(self, batch: Batch) -> list[ChatRequest | None]:
+        """Each row's request without its images (see :meth:`requests`)."""
+        return self._requests(batch)
 
     def _requests(self, batch: Batch) -> list[ChatRequest | None]:
         if self.spec.messages_column:

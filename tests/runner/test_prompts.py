@@ -449,6 +449,18 @@ def test_an_image_gone_by_the_send_step_is_an_input_change(tmp_path: Any):
         image_builder(tmp_path).requests(rows, load_images=True)
 
 
+def test_the_send_step_reads_only_the_images_of_the_rows_it_asks_for(tmp_path: Any):
+    (tmp_path / "a.png").write_bytes(PNG)
+    (tmp_path / "b.png").write_bytes(PNG)
+    rows = batch(prompt=["One.", "Two."], pic=["a.png", "b.png"])
+    (tmp_path / "a.png").unlink()  # row 0 is not sent again: its image is never read
+
+    first, second = image_builder(tmp_path).requests(rows, load_images=True, only=[1])
+
+    assert first is not None and first.has_images is False
+    assert second is not None and second.messages[-1].images[0].data == PNG
+
+
 def test_images_join_the_last_user_message_of_a_conversation(tmp_path: Any):
     (tmp_path / "a.png").write_bytes(PNG)
     chat = json.dumps(
