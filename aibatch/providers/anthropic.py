@@ -36,7 +36,7 @@ from ..errors import (
     TransientError,
     Unauthorized,
 )
-from ..types import ChatRequest
+from ..types import ChatRequest, Completion
 from ._http import (
     HTTP_ERRORS,
     LineSplitter,
@@ -45,7 +45,7 @@ from ._http import (
     retry_after_from,
     status_error,
 )
-from .base import AsyncGeneratorProvider, ProviderModelMixin, StreamInfo
+from .base import AsyncGeneratorProvider, ProviderModelMixin, StreamInfo, whole_answer
 from .helpers import to_text
 
 log = logging.getLogger(__name__)
@@ -293,6 +293,7 @@ class AnthropicMessages(AsyncGeneratorProvider, ProviderModelMixin):
     reports_usage: ClassVar[bool] = True
     structured_output: ClassVar[bool] = True
     takes_images: ClassVar[bool] = True
+    batch_api: ClassVar[bool] = True
     #: ``max_tokens`` is required by the API: this, unless the job sets it
     request_defaults: ClassVar[Mapping[str, object]] = {"max_tokens": DEFAULT_MAX_TOKENS}
 
@@ -313,9 +314,32 @@ class AnthropicMessages(AsyncGeneratorProvider, ProviderModelMixin):
         shown["messages"] = messages
         return json.dumps(shown, ensure_ascii=False)
 
+    def batch_body(self, request: ChatRequest) -> dict[str, Any]:
+        """The Messages body (``params``) of ``request`` for the Batch API (never streamed)."""
+        messages, options = self.call_args(request)
+        return self._request(self.get_model(request.model or self.model), messages, options)
+
+    def batch_answer(self, body: dict[str, Any], *, schema: bool = False) -> Completion:
+        """The answer in a Batch API ``succeeded`` result's ``message``.
+
+        Raises:
+            ProviderError: the message is an ``error``, or has no text.
+        """
+        info = StreamInfo(http_status=200)
+        text = read_message(body, info, secret=self._api_key, tool_input=schema)
+        return whole_answer(text, info)
+
     def _body(
         self, model: str, messages: Sequence[Mapping[str, Any]], options: Mapping[str, Any]
     ) -> bytes:
+        body = self._request(model, messages, options)
+        if self.stream:
+            body["stream"] = True
+        return json.dumps(body, ensure_ascii=False).encode()
+
+    def _request(
+        self, model: str, messages: Sequence[Mapping[str, Any]], options: Mapping[str, Any]
+    ) -> dict[str, Any]:
         system, turns = split_system(messages)
         body: dict[str, Any] = {"model": model, "messages": turns}
         if system is not None:
@@ -332,9 +356,7 @@ class AnthropicMessages(AsyncGeneratorProvider, ProviderModelMixin):
         if schema is not None:  # the answer is the forced tool's input
             body["tools"] = [{"name": ANSWER_TOOL, "input_schema": _loaded(schema)}]
             body["tool_choice"] = {"type": "tool", "name": ANSWER_TOOL}
-        if self.stream:
-            body["stream"] = True
-        return json.dumps(body, ensure_ascii=False).encode()
+        return body
 
     async def create_async_generator(
         self,

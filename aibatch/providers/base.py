@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Self
 
 import aiohttp
 
-from ..errors import TransientError, UnknownModelError
+from ..errors import TransientError, UnknownModelError, UsageError
 from ..types import ChatRequest, Completion
 from .helpers import format_prompt, with_schema
 
@@ -49,6 +49,26 @@ class StreamInfo:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     finish_reason: str | None = None
+
+
+def whole_answer(text: str | None, info: StreamInfo, ttfb_ms: float | None = None) -> Completion:
+    """The :class:`Completion` of an answer's whole ``text`` and what ``info`` learned.
+
+    Raises:
+        TransientError: the answer is empty.
+    """
+    if not text:
+        detail = f" ({info.garbage_lines} undecodable lines)" if info.garbage_lines else ""
+        raise TransientError(f"empty answer{detail}", http_status=info.http_status)
+    return Completion(
+        text=text,
+        ttfb_ms=ttfb_ms,
+        http_status=info.http_status,
+        garbage_lines=info.garbage_lines,
+        prompt_tokens=info.prompt_tokens,
+        completion_tokens=info.completion_tokens,
+        finish_reason=info.finish_reason,
+    )
 
 
 class ProviderModelMixin:
@@ -146,6 +166,8 @@ class AsyncGeneratorProvider:
     #: whether the provider sends images (``--image-column``): its messages' ``content``
     #: is then a list of parts, the text and ``image_url`` parts (``Message.to_dict``)
     takes_images: ClassVar[bool] = False
+    #: the provider has a Batch API (``--batch-api``): see :mod:`aibatch.providers.batch`
+    batch_api: ClassVar[bool] = False
     #: values the provider sends for options the job leaves unset (in the output metadata)
     request_defaults: ClassVar[Mapping[str, object]] = {}
     #: the provider's own ``create_async_generator``, unwrapped (set for each subclass)
@@ -263,6 +285,30 @@ class AsyncGeneratorProvider:
             return with_schema(messages, request.schema)
         return messages
 
+    def call_args(self, request: ChatRequest) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The messages and keyword options ``request`` is sent with."""
+        options = dict(request.options)
+        if request.schema is not None and self.structured_output:
+            options["response_schema"] = request.schema
+            options["json_mode"] = request.json_mode
+        return self._messages(request), options
+
+    def batch_body(self, request: ChatRequest) -> dict[str, Any]:
+        """The body of ``request`` as one request of the provider's Batch API.
+
+        Raises:
+            UsageError: the provider has no Batch API (:attr:`batch_api` is false).
+        """
+        raise UsageError(f"the {self.name or type(self).__name__} provider has no batch API")
+
+    def batch_answer(self, body: dict[str, Any], *, schema: bool = False) -> Completion:
+        """The answer in one result of the provider's Batch API (``body``: the answer).
+
+        Raises:
+            ProviderError: the answer is an error, or empty.
+        """
+        raise UsageError(f"the {self.name or type(self).__name__} provider has no batch API")
+
     def create_async_generator(
         self,
         model: str,
@@ -298,11 +344,7 @@ class AsyncGeneratorProvider:
             ProviderError: whatever ``create_async_generator`` raised.
         """
         info = StreamInfo()
-        options = dict(request.options)
-        if request.schema is not None and self.structured_output:
-            options["response_schema"] = request.schema
-            options["json_mode"] = request.json_mode
-        messages = self._messages(request)
+        messages, options = self.call_args(request)
         if self._held():
             # The engine's hot path: the provider's own generator, nothing in between.
             # It always runs to its end or raises, so it needs no aclosing.
@@ -323,16 +365,4 @@ class AsyncGeneratorProvider:
             if ttfb is None:
                 ttfb = (time.perf_counter() - start) * 1000.0
             chunks.append(chunk)
-        text = "".join(chunks)
-        if not text:
-            detail = f" ({info.garbage_lines} undecodable lines)" if info.garbage_lines else ""
-            raise TransientError(f"empty answer{detail}", http_status=info.http_status)
-        return Completion(
-            text=text,
-            ttfb_ms=ttfb,
-            http_status=info.http_status,
-            garbage_lines=info.garbage_lines,
-            prompt_tokens=info.prompt_tokens,
-            completion_tokens=info.completion_tokens,
-            finish_reason=info.finish_reason,
-        )
+        return whole_answer("".join(chunks), info, ttfb)

@@ -29,9 +29,9 @@ from ..errors import (
     TransientError,
     Unauthorized,
 )
-from ..types import ChatRequest
+from ..types import ChatRequest, Completion
 from ._http import HTTP_ERRORS, LineSplitter, http_error, read_json_object, response_error
-from .base import AsyncGeneratorProvider, ProviderModelMixin, StreamInfo
+from .base import AsyncGeneratorProvider, ProviderModelMixin, StreamInfo, whole_answer
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +175,7 @@ class OpenAIChat(AsyncGeneratorProvider, ProviderModelMixin):
     reports_usage: ClassVar[bool] = True
     structured_output: ClassVar[bool] = True
     takes_images: ClassVar[bool] = True
+    batch_api: ClassVar[bool] = True
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -190,9 +191,33 @@ class OpenAIChat(AsyncGeneratorProvider, ProviderModelMixin):
         """The messages sent for ``request``, as JSON (images described, not included)."""
         return json.dumps(request.shown_dicts, ensure_ascii=False)
 
+    def batch_body(self, request: ChatRequest) -> dict[str, Any]:
+        """The chat-completions body of ``request`` for the Batch API (never streamed)."""
+        messages, options = self.call_args(request)
+        return self._request(self.get_model(request.model or self.model), messages, options)
+
+    def batch_answer(self, body: dict[str, Any], *, schema: bool = False) -> Completion:
+        """The answer in a Batch API result's ``response.body`` (a chat completion).
+
+        Raises:
+            ProviderError: the body is an ``error``, or has no text.
+        """
+        info = StreamInfo(http_status=200)
+        text = read_event(body, info, delta=False, secret=self._api_key)
+        return whole_answer(text, info)
+
     def _body(
         self, model: str, messages: Sequence[Mapping[str, Any]], options: dict[str, Any]
     ) -> bytes:
+        body = self._request(model, messages, options)
+        if self.stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        return json.dumps(body, ensure_ascii=False).encode()
+
+    def _request(
+        self, model: str, messages: Sequence[Mapping[str, Any]], options: dict[str, Any]
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {"model": model, "messages": list(messages)}
         body.update((k, v) for k, v in options.items() if k in self.sampling_options)
         if isinstance(body.get("stop"), tuple):
@@ -200,10 +225,7 @@ class OpenAIChat(AsyncGeneratorProvider, ProviderModelMixin):
         schema = options.get("response_schema")
         if schema is not None:
             body["response_format"] = response_format(schema, options.get("json_mode"))
-        if self.stream:
-            body["stream"] = True
-            body["stream_options"] = {"include_usage": True}
-        return json.dumps(body, ensure_ascii=False).encode()
+        return body
 
     async def create_async_generator(
         self,
