@@ -1,7 +1,8 @@
 """Emulator: a local aiohttp.web server that speaks the AiChatOnline wire protocol.
 
 With ``protocol="openai"`` it speaks OpenAI's chat completions instead, and with
-``protocol="anthropic"`` Anthropic's Messages (shapes in :mod:`.emulator_anthropic`).
+``protocol="anthropic"`` Anthropic's Messages (shapes in :mod:`.emulator_anthropic`);
+both with their Batch API too (:mod:`.emulator_batch`), answered as live requests are.
 
 It is the reference peer of the provider (the public service is gone): gpt4free's own
 client, pointed at it, works unchanged. Answers are deterministic functions of the
@@ -37,6 +38,9 @@ from aiohttp import web
 
 from ..errors import UsageError
 from . import emulator_anthropic as anthropic
+from .emulator_batch import BatchStore
+from .emulator_batch_anthropic import AnthropicBatches
+from .emulator_batch_openai import OpenAIBatches
 from .emulator_images import image_note
 from .emulator_json import invalid_json_for, json_answer_for
 from .faults import PROTOCOLS, Faults
@@ -89,6 +93,10 @@ class EmulatorStats:
     inflight: int = 0
     max_inflight: int = 0
     prompts: Counter[str] = field(default_factory=Counter)
+    files_uploaded: int = 0
+    batches_created: int = 0
+    batch_requests: int = 0
+    batches_cancelled: int = 0
 
     def to_dict(self, *, prompts: bool = False) -> dict[str, Any]:
         """The counters as plain JSON-ready values."""
@@ -114,6 +122,8 @@ class Emulator:
             ``format_prompt`` flattening).
         api_key: with ``"openai"`` or ``"anthropic"``, the key every request must carry
             (anthropic: as ``x-api-key`` or ``Authorization: Bearer``).
+        batch_delay: with ``"openai"`` or ``"anthropic"``, seconds from a batch's
+            creation (Batch APIs) to its end; 0 ends it at once.
 
     Raises:
         UsageError: a negative delay, no chunks, or an unknown protocol.
@@ -131,9 +141,10 @@ class Emulator:
         record_prompts: bool = False,
         protocol: str = "aichatonline",
         api_key: str | None = None,
+        batch_delay: float = 2.0,
     ) -> None:
-        if latency < 0 or chunk_delay < 0 or chunks < 1:
-            raise UsageError("latency and chunk_delay must be >= 0 and chunks >= 1")
+        if latency < 0 or chunk_delay < 0 or batch_delay < 0 or chunks < 1:
+            raise UsageError("latency, chunk_delay and batch_delay must be >= 0 and chunks >= 1")
         if not 0 <= port <= 65535:
             raise UsageError(f"port must be between 0 and 65535, not {port}")
         if protocol not in PROTOCOLS:
@@ -156,6 +167,17 @@ class Emulator:
         self._starts: deque[float] = deque()
         self._runner: web.AppRunner | None = None
         self.base_url = ""
+        self._batches: BatchStore | None = None
+        if protocol in ("openai", "anthropic"):
+            store = OpenAIBatches if protocol == "openai" else AnthropicBatches
+            self._batches = store(
+                reply=openai_reply if protocol == "openai" else anthropic_reply,
+                faults=self.faults,
+                rng=self._rng,
+                delay=batch_delay,
+                stats=self.stats,
+                check_key=self._check_key,
+            )
 
     def __repr__(self) -> str:
         return f"Emulator(base_url={self.base_url!r})"
@@ -172,6 +194,8 @@ class Emulator:
             app.router.add_get(TOKEN_PATH, self._token)
             app.router.add_post(CHAT_PATH, self._chat)
         app.router.add_get("/stats", self._stats)
+        if self._batches is not None:
+            app.router.add_routes(self._batches.routes())
         return app
 
     async def start(self) -> str:
@@ -241,11 +265,7 @@ class Emulator:
     def _refuse(self, outcome: str, status: int, message: str, **headers: str) -> web.Response:
         self.stats.outcomes[outcome] += 1
         if self.protocol == "openai":
-            kind = {401: "invalid_request_error", 429: "rate_limit_error"}.get(
-                status, "server_error" if status >= 500 else "invalid_request_error"
-            )
-            code = "invalid_api_key" if status == 401 else None
-            body: dict[str, Any] = {"error": {"message": message, "type": kind, "code": code}}
+            body: dict[str, Any] = openai_error_body(status, message)
         elif self.protocol == "anthropic":
             body = anthropic.error_body(status, message)
         else:
@@ -323,32 +343,10 @@ class Emulator:
         self.stats.chat_requests += 1
         if (refused := self._check_key(request)) is not None:
             return refused
-        body = await _json_body(request)
-        messages = body.get("messages") if body is not None else None
-        if (
-            body is None
-            or not isinstance(body.get("model"), str)
-            or not isinstance(messages, list)
-            or not messages
-            or not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages)
-        ):
-            return self._refuse("bad_request", 400, "body needs a 'model' and a list of 'messages'")
-        prompt = format_prompt(messages)
-        answer = _Answer(
-            answer_for(prompt) + image_note(messages),
-            model=body["model"],
-            stream=bool(body.get("stream")),
-            prompt_tokens=len(prompt.split()),
-        )
-        _structured(answer, prompt, body.get("response_format"))
-        max_tokens = body.get("max_tokens")
-        if isinstance(max_tokens, int) and 0 < max_tokens < len(answer.text.split()):
-            answer.text = " ".join(answer.text.split()[:max_tokens])
-            answer.finish_reason = "length"
-        answer.usage = bool((body.get("stream_options") or {}).get("include_usage")) or (
-            not answer.stream
-        )
-        return await self._serve(request, prompt, answer)
+        asked = read_openai_request(await _json_body(request))
+        if isinstance(asked, str):
+            return self._refuse("bad_request", 400, asked)
+        return await self._serve(request, *asked)
 
     async def _anthropic_messages(self, request: web.Request) -> web.StreamResponse:
         """Anthropic: the key when started with one, body ``{"model", "max_tokens", ...}``."""
@@ -553,6 +551,67 @@ class _Answer:
             ],
             "usage": self.usage_counts(),
         }
+
+
+def openai_error_body(status: int, message: str) -> dict[str, Any]:
+    """The JSON body of an OpenAI error answer with ``status``."""
+    kind = {401: "invalid_request_error", 429: "rate_limit_error"}.get(
+        status, "server_error" if status >= 500 else "invalid_request_error"
+    )
+    code = "invalid_api_key" if status == 401 else None
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+def read_openai_request(body: dict[str, Any] | None) -> tuple[str, _Answer] | str:
+    """The prompt of a chat completions body and the answer to serve, or what is wrong."""
+    messages = body.get("messages") if body is not None else None
+    if (
+        body is None
+        or not isinstance(body.get("model"), str)
+        or not isinstance(messages, list)
+        or not messages
+        or not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages)
+    ):
+        return "body needs a 'model' and a list of 'messages'"
+    prompt = format_prompt(messages)
+    answer = _Answer(
+        answer_for(prompt) + image_note(messages),
+        model=body["model"],
+        stream=bool(body.get("stream")),
+        prompt_tokens=len(prompt.split()),
+    )
+    _structured(answer, prompt, body.get("response_format"))
+    max_tokens = body.get("max_tokens")
+    if isinstance(max_tokens, int) and 0 < max_tokens < len(answer.text.split()):
+        answer.text = " ".join(answer.text.split()[:max_tokens])
+        answer.finish_reason = "length"
+    answer.usage = bool((body.get("stream_options") or {}).get("include_usage")) or (
+        not answer.stream
+    )
+    return prompt, answer
+
+
+def openai_reply(body: object) -> tuple[int, dict[str, Any]]:
+    """What ``POST /v1/chat/completions`` answers to ``body`` without streaming.
+
+    The status and the JSON object: the ``chat.completion``, or the error. A line of an
+    OpenAI batch is answered by it, so a batch answers what the live endpoint does.
+    """
+    asked = read_openai_request(body if isinstance(body, dict) else None)
+    if isinstance(asked, str):
+        return 400, openai_error_body(400, asked)
+    return 200, asked[1].whole()
+
+
+def anthropic_reply(body: object) -> tuple[int, dict[str, Any]]:
+    """What ``POST /v1/messages`` answers to ``body`` without streaming: status and JSON."""
+    asked = anthropic.read_request(body if isinstance(body, dict) else None, answer_for)
+    if isinstance(asked, str):
+        return 400, anthropic.error_body(400, asked)
+    answer = asked[1]
+    answer.stream = False
+    message: dict[str, Any] = json.loads(answer.whole())
+    return 200, message
 
 
 def _plain_answer(prompt: str) -> _Answer:

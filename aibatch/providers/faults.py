@@ -25,7 +25,7 @@ def _help(text: str) -> dict[str, str]:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Faults:
-    """Faults the emulator injects, each drawn per chat request with seeded randomness.
+    """Faults the emulator injects, drawn per chat request (or batch) with seeded randomness.
 
     Attributes:
         error_rate: share of chat requests answered HTTP 500.
@@ -52,11 +52,23 @@ class Faults:
             protocol); each sends ``Retry-After: retry_after``.
         max_rps: chat requests the server takes per second (above: 429).
         seed: seed of the fault draws.
+        batch_fail_rate: share of batches (Batch APIs) that fail: openai ``failed``, with
+            an ``errors`` entry and no output; anthropic has no failed state, so each
+            request of the batch ends ``errored`` (``api_error``).
+        batch_expire_rate: share of the requests of each batch that expire unanswered
+            (openai: the batch ends ``expired``, they are in its error file with code
+            ``batch_expired``; anthropic: result type ``expired``).
+        batch_error_rate: share of the requests of each batch answered with an error
+            (openai: status 500 in the error file; anthropic: ``errored``, ``api_error``).
+        batch_stuck_rate: share of batches that never end: in progress until cancelled.
+
+    The batch rates are drawn per batch or per batch request, apart from the chat
+    request rates (they need not add up with them).
 
     Each field's ``metadata["help"]`` is the help of its ``aibatch emulate`` option.
 
     Raises:
-        UsageError: a rate outside [0, 1], rates adding up to more than 1, or an
+        UsageError: a rate outside [0, 1], chat request rates adding up to more than 1, or an
             ``overload_status`` other than those of :data:`OVERLOAD_STATUSES`.
     """
 
@@ -97,6 +109,16 @@ class Faults:
         default=None, metadata=_help("Requests per second in all (429 above).")
     )
     seed: int = field(default=0, metadata=_help("Seed of the fault draws."))
+    batch_fail_rate: float = field(default=0.0, metadata=_help("Share of batches that fail."))
+    batch_expire_rate: float = field(
+        default=0.0, metadata=_help("Share of batch requests that expire unanswered.")
+    )
+    batch_error_rate: float = field(
+        default=0.0, metadata=_help("Share of batch requests answered with an error.")
+    )
+    batch_stuck_rate: float = field(
+        default=0.0, metadata=_help("Share of batches that never end (until cancelled).")
+    )
 
     def __post_init__(self) -> None:
         rates = (
@@ -111,6 +133,14 @@ class Faults:
         )
         if any(not 0.0 <= r <= 1.0 for r in rates) or sum(rates) > 1.0:
             raise UsageError("fault rates must each lie in [0, 1] and add up to at most 1")
+        batch_rates = (
+            self.batch_fail_rate,
+            self.batch_expire_rate,
+            self.batch_error_rate,
+            self.batch_stuck_rate,
+        )
+        if any(not 0.0 <= r <= 1.0 for r in batch_rates):
+            raise UsageError("batch fault rates must each lie in [0, 1]")
         if self.overload_status not in OVERLOAD_STATUSES:
             known = ", ".join(map(str, OVERLOAD_STATUSES))
             raise UsageError(f"overload status must be one of {known}")

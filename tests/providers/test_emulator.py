@@ -388,6 +388,10 @@ async def test_stats_returns_the_counters_as_json(emulator):
         "inflight": 0,
         "max_inflight": 1,
         "prompts": {},
+        "files_uploaded": 0,
+        "batches_created": 0,
+        "batch_requests": 0,
+        "batches_cancelled": 0,
     }
     assert with_prompts["prompts"] == {"hi": 2, "there": 1}
 
