@@ -338,6 +338,8 @@ _fault_options = _options(*(
 @click.option("--chunks", type=click.IntRange(1), default=4, show_default=True,
               help="Chunks per answer.")  # fmt: skip
 @click.option("--record-prompts", is_flag=True, help="Count requests per prompt in /stats.")
+@click.option("--batch-delay", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="Seconds before a batch ends.")  # fmt: skip
 @_fault_options
 @_verbose_option
 def emulate(api_key_env: str | None, **options: Any) -> None:
