@@ -7,6 +7,7 @@ Exit codes (here and nowhere else; ``aibatch run --help`` ends with them)::
       2  could not run: bad option or input, output, checkpoint, API key
       3  budget (--max-cost) reached: the rows done are written, the rest 'unsent'
      70  internal error (a bug): one line, and the traceback saved in a file
+     75  batches submitted, not finished (--batch-api): run again later
     130  interrupted: run the same command again to resume
 
 Nothing is sent when a bad option or input stops a job (exit 2).
@@ -50,12 +51,14 @@ from .providers.faults import PROTOCOLS, Faults
 
 EXIT_OK, EXIT_FAILED_ROWS, EXIT_USAGE, EXIT_SOFTWARE, EXIT_INTERRUPTED = 0, 1, 2, 70, 130
 EXIT_BUDGET = 3
+EXIT_PENDING = 75  # EX_TEMPFAIL
 EXIT_CODES = (
     (EXIT_OK, "every row ok or skipped, or the failures within --max-failures"),
     (EXIT_FAILED_ROWS, "some rows failed; the output is still complete, with their errors"),
     (EXIT_USAGE, "could not run: bad option or input, output, checkpoint, API key"),
     (EXIT_BUDGET, "budget (--max-cost) reached: the rows done are written, the rest 'unsent'"),
     (EXIT_SOFTWARE, "internal error (a bug): one line, and the traceback saved in a file"),
+    (EXIT_PENDING, "batches submitted, not finished (--batch-api): run again later"),
     (EXIT_INTERRUPTED, "interrupted: run the same command again to resume"),
 )
 AUTO_CEILING = 512  # -c auto: adapt up to this many requests in flight
@@ -188,6 +191,17 @@ _run_options = _options(
     _job("--workers", type=click.IntRange(1), help="Local Dask worker processes."),
     _job("--partition-rows", type=click.IntRange(1), help="Dask: rows per partition."),
     _job("--single-file", is_flag=True, help="Dask: one Parquet file, not a folder."),
+    _job("--batch-api", is_flag=True,
+         help="Send through the provider's Batch API (openai, anthropic): half the price,"
+              " answers within 24 h."),
+    _job("--batch-size", type=click.IntRange(1),
+         help="Rows per batch [default: the service's limit]."),
+    _job("--no-wait", is_flag=True,
+         help="Batch API: submit (or collect), then exit 75 at once if not finished."),
+    _job("--poll-interval", type=_POSITIVE,
+         help="Batch API: the longest wait between polls, in seconds."),
+    _job("--max-wait", type=click.FloatRange(min=0),
+         help="Batch API: stop waiting after S seconds (exit 75; the batches go on)."),
     click.option("--job", "job_file", type=click.Path(dir_okay=False),
                  help="TOML job file; command-line options override it."),
     click.option("--dry-run", is_flag=True, help="Check the input, show prompts, send nothing."),
@@ -249,6 +263,8 @@ def run(ctx: click.Context, /, **opts: Any) -> None:
         click.echo(summary_text(summary), err=True)
     if summary.interrupted:
         sys.exit(EXIT_INTERRUPTED)
+    if summary.batch_pending:
+        sys.exit(EXIT_PENDING)
     if summary.budget_reached:
         sys.exit(EXIT_BUDGET)
     if not spec.tolerates(summary.error, summary.rows):
@@ -366,6 +382,39 @@ def emulate(api_key_env: str | None, **options: Any) -> None:
                     return
 
     anyio.run(serve, backend="asyncio")
+
+
+@main.command("batches")
+@click.argument("output")
+@click.option("--cancel", is_flag=True, help="Cancel the batches that have not ended.")
+@click.option("--api-key-env", help="Variable holding the API key [default: the provider's].")
+@click.option("--json", "as_json", is_flag=True, help="Print the batches as JSON.")
+@_verbose_option
+def batches_command(output: str, cancel: bool, api_key_env: str | None, as_json: bool) -> None:
+    """List the provider batches of a --batch-api job, with their states and counts.
+
+    OUTPUT is the job's output file. Batches not yet collected are asked about at their
+    provider; --cancel cancels those that have not ended (the next run of the job
+    collects what they finished and sends the rest again).
+    """
+    import anyio
+
+    from .runner.batch import job_batches
+
+    states = anyio.run(
+        functools.partial(job_batches, Path(output), cancel=cancel, api_key_env=api_key_env)
+    )
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(s) for s in states], indent=2))
+        return
+    click.echo(f"{'chunk':>6}  {'rows':>7}  {'state':<10}  {'status':<12}  {'done':>7}  "
+               f"{'failed':>6}  batch")  # fmt: skip
+    for s in states:
+        note = f"  ({s.note})" if s.note else ""
+        click.echo(
+            f"{s.chunk:>6}  {s.rows:>7}  {s.state:<10}  {s.status or '-':<12}  {s.finished:>7}"
+            f"  {s.failed:>6}  {s.batch_id or '-'}{note}"
+        )
 
 
 _failed_rows = functools.partial(

@@ -156,6 +156,12 @@ def summary_text(summary: Summary) -> str:
             click.style("Interrupted.", fg="yellow") + " Finished rows are saved in"
             " the checkpoint; run the same command again to resume."
         )
+    elif s.batch_pending:
+        lines.append(
+            click.style("Submitted, not finished.", fg="yellow") + f" {s.batch_pending} rows"
+            " are in batches at the provider; run the same command again later to collect"
+            " them and write the output."
+        )
     else:
         status = click.style(f"{s.ok} ok", fg="green")
         failed = click.style(f"{s.error} failed", fg="red" if s.error else None)

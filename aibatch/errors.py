@@ -13,10 +13,13 @@ Every error aibatch raises on purpose is an :class:`AibatchError`::
     │   │   ├── Overloaded    too busy: 503, 529: .retry_after (congestion: -c auto cuts)
     │   │   │   └── RateLimited   429
     │   │   ├── ConnectionRefused  refused, or reset before an answer (congestion while up)
-    │   │   └── TokenRejected 401/403: refresh the token, then retry
+    │   │   ├── TokenRejected 401/403: refresh the token, then retry
+    │   │   ├── BatchExpired  a Batch API request that never ran in its window
+    │   │   └── BatchFailed   the provider failed a whole batch
     │   ├── InvalidOutput     the answer is not JSON valid for the job's schema: retried
     │   └── PermanentError    other 4xx: retrying cannot help
-    │       └── Unauthorized  the service refused the credentials: the run stops
+    │       ├── Unauthorized  the service refused the credentials: the run stops
+    │       └── BatchCancelled  its batch was cancelled before it ran
     ├── CheckpointError       lock held by another run, unreadable state
     ├── BudgetReached         --max-cost spent: stop starting requests (exit 3)
     └── OutputError           output not writable, column clash, disk full
@@ -34,6 +37,9 @@ from os import PathLike
 
 __all__ = [
     "AibatchError",
+    "BatchCancelled",
+    "BatchExpired",
+    "BatchFailed",
     "BudgetReached",
     "CheckpointError",
     "ConnectionRefused",
@@ -210,6 +216,21 @@ class PermanentError(ProviderError):
 
 class Unauthorized(PermanentError):
     """The service refused the API key: every row would fail, so the run stops early."""
+
+
+class BatchExpired(TransientError):
+    """The provider's batch ended (its 24 hours ran out) before this request ran: retried."""
+
+
+class BatchFailed(TransientError):
+    """The provider failed a whole batch (say, its file did not validate): retried."""
+
+
+class BatchCancelled(PermanentError):
+    """The request's batch was cancelled (``aibatch batches --cancel``) before it ran.
+
+    Not retried in that run; a re-run sends it again, as it does every failed row.
+    """
 
 
 class CheckpointError(AibatchError):

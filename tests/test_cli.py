@@ -474,5 +474,5 @@ def test_run_help_ends_with_the_exit_codes():
     text = invoke("run", "--help").stdout
 
     codes = text[text.index("Exit codes:") :].split()
-    assert [c for c in codes if c.isdigit()] == ["0", "1", "2", "3", "70", "130"]
+    assert [c for c in codes if c.isdigit()] == ["0", "1", "2", "3", "70", "75", "130"]
     assert text.rstrip().endswith("run the same command again to resume")

@@ -67,6 +67,11 @@ RUN_ARGS: dict[str, tuple[list[str], list[str]]] = {
     "input_price": ([], ["--input-price", "0.15"]),
     "output_price": ([], ["--output-price", "0.6"]),
     "expected_output_tokens": ([], ["--expected-output-tokens", "40"]),
+    "batch_api": ([], ["--batch-api"]),
+    "batch_size": (["--batch-api"], ["--batch-size", "100"]),
+    "no_wait": (["--batch-api"], ["--no-wait"]),
+    "poll_interval": ([], ["--poll-interval", "5"]),
+    "max_wait": (["--batch-api"], ["--max-wait", "30"]),
 }
 # Parameters that shape what the command prints or where it reads, not the job.
 NOT_JOB_OPTIONS = {"input", "job_file", "dry_run", "progress", "quiet", "verbose", "summary_json"}
@@ -154,6 +159,11 @@ FIELD_VALUES: dict[str, dict[str, Any]] = {
     "workers": {"engine": "dask", "workers": 3},
     "partition_rows": {"partition_rows": 10},
     "single_file": {"engine": "dask", "single_file": True},
+    "batch_api": {"batch_api": True},
+    "batch_size": {"batch_api": True, "batch_size": 100},
+    "no_wait": {"batch_api": True, "no_wait": True},
+    "poll_interval": {"poll_interval": 5.0},
+    "max_wait": {"batch_api": True, "max_wait": 30.0},
 }
 # What a request is: the prompt (its columns, template, system message), whose answer it
 # is (id), who answers (provider, model, the emulator or not) and how they sample.

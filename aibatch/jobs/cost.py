@@ -416,6 +416,23 @@ class Budget:
                 raise self._reached()
             await self._settled.wait()
 
+    def hold(self, amount: float) -> bool:
+        """Hold ``amount`` for a request now, without waiting for room.
+
+        For a Batch API request, whose answer may take hours. ``False``, and the budget
+        reached, if it does not fit beside what is spent and held.
+        """
+        if self.reached or self.spent + self.held + amount > self.limit:
+            self.reached = True
+            return False
+        self.held += amount
+        self.in_flight += 1
+        return True
+
+    def reached_error(self) -> BudgetReached:
+        """The error saying the budget is reached."""
+        return self._reached()
+
     def settle(self, held: float, cost: float) -> None:
         """Release the ``held`` reservation of a request that cost ``cost``."""
         self.in_flight -= 1

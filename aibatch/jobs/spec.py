@@ -150,6 +150,11 @@ class JobSpec:
     expected_output_tokens: int = 256
     batch_rows: int = 10_000
     grace: float = 5.0
+    batch_api: bool = False
+    batch_size: int | None = None
+    no_wait: bool = False
+    poll_interval: float = 60.0
+    max_wait: float | None = None
     engine: str = "local"
     scheduler: str | None = None
     workers: int | None = None
@@ -218,6 +223,19 @@ class JobSpec:
         _check(self.expected_output_tokens >= 1, "expected_output_tokens must be >= 1")
         _check(1 <= self.batch_rows <= 1_000_000, "batch_rows must be between 1 and 1000000")
         _check(self.grace >= 0, "grace must be >= 0")
+        _check(self.batch_size is None or self.batch_size >= 1, "batch_size must be >= 1")
+        _check(self.poll_interval > 0, "poll_interval must be positive")
+        _check(self.max_wait is None or self.max_wait >= 0, "max_wait must be >= 0")
+        _check(
+            self.batch_api
+            or (self.batch_size is None and not self.no_wait and self.max_wait is None),
+            "--batch-size, --no-wait and --max-wait go with --batch-api",
+        )
+        _check(
+            not (self.batch_api and self.engine == "dask"),
+            "--batch-api runs on one machine (the provider is the distributed engine"
+            " here): use it without --engine dask",
+        )
         _check(self.engine in ENGINES, f"engine must be one of {', '.join(ENGINES)}")
         _check(self.workers is None or self.workers >= 1, "workers must be >= 1")
         _check(self.partition_rows >= 1, "partition_rows must be >= 1")

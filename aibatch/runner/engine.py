@@ -56,6 +56,7 @@ from ..jobs.schema import StructuredOutput
 from ..jobs.spec import JobSpec
 from ..providers.base import AsyncGeneratorProvider
 from ..types import ChatRequest, Completion, RowResult, RowStatus
+from .batch import BatchSend
 from .concurrency import AdaptiveLimit
 from .prompts import PromptBuilder
 from .ratelimit import RateLimiter
@@ -193,6 +194,7 @@ class _Partition:
         self._senders: anyio.CancelScope | None = None
         self._read_error: InputError | None = None
         self.metadata: dict[str, Any] = {}
+        self.batch_pending = 0  # rows in Batch API batches not ended (--batch-api)
 
     async def run(self) -> Summary:
         began = time.monotonic()
@@ -239,7 +241,10 @@ class _Partition:
                 plan.skipped,
             )
             self.on_progress(self.progress)
-            if plan.to_send:
+            if self.spec.batch_api:  # also with nothing to send: earlier batches to collect
+                self.prices = await anyio.to_thread.run_sync(self._look_up_price)
+                self.batch_pending = await BatchSend(self, plan, checkpoint).run()
+            elif plan.to_send:
                 self.prices = await anyio.to_thread.run_sync(self._look_up_price)
                 await self._send(plan, checkpoint)
             del self.keys
@@ -254,7 +259,10 @@ class _Partition:
             summary.latency_p50_ms = percentile(ordered, 50)
             summary.latency_p95_ms = percentile(ordered, 95)
             stopped = self.stop is not None and self.stop.is_set()
-            if not plan.complete() and (stopped or not self.budget_stopped):
+            summary.batch_pending = self.batch_pending
+            if not plan.complete() and self.batch_pending and not stopped:
+                pass  # submitted, not finished: the next run collects and writes the output
+            elif not plan.complete() and (stopped or not self.budget_stopped):
                 summary.interrupted = True
             else:  # done, or the budget stopped it: the rows not sent are written "unsent"
                 summary.budget_reached = self.budget_stopped
@@ -512,12 +520,16 @@ class _Partition:
             self.model, input_price=spec.input_price, output_price=spec.output_price
         )
 
-    def _answered(self, completion: Completion) -> float | None:
-        """The cost of an answer (billed, whatever becomes of it), counted in the run's."""
+    def _answered(self, completion: Completion, *, share: float = 1.0) -> float | None:
+        """The cost of an answer (billed, whatever becomes of it), counted in the run's.
+
+        ``share``: of the live price (a Batch API answer costs half).
+        """
         price = self.prices.price
         cost = None
         if price is not None:
             cost = price.answer_cost(completion.prompt_tokens, completion.completion_tokens)
+            cost = None if cost is None else cost * share
         self.answers += 1
         if cost is None:
             self.uncosted += 1

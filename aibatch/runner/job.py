@@ -160,6 +160,17 @@ def checked_provider(spec: JobSpec) -> type[AsyncGeneratorProvider]:
         raise UsageError(
             f"--emulate serves the {', '.join(PROTOCOLS)} protocols, not {provider.name}"
         )
+    if spec.batch_api and not provider.batch_api:
+        raise UsageError(
+            f"the {provider.name} provider has no batch API; --batch-api works with"
+            " --provider openai and --provider anthropic"
+        )
+    if spec.batch_api and spec.emulate and (spec.no_wait or spec.max_wait is not None):
+        raise UsageError(
+            "the built-in emulator (--emulate) stops with the run, and its batches with it:"
+            " for --no-wait or --max-wait, start one with `aibatch emulate --protocol"
+            f" {provider.name}` and point --base-url at it"
+        )
     if spec.max_cost is not None:
         _check_budget(spec, provider)
     return provider

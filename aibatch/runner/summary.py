@@ -45,6 +45,8 @@ class Summary:
         max_cost: the budget (``--max-cost``), if any.
         budget_reached: the budget stopped the run: the output holds the rows done, the
             others are ``unsent``.
+        batch_pending: rows in Batch API batches that have not ended (``--batch-api``):
+            no output was written; the same command run later collects them.
     """
 
     input: str
@@ -75,6 +77,7 @@ class Summary:
     cost_note: str = ""
     max_cost: float | None = None
     budget_reached: bool = False
+    batch_pending: int = 0
 
     @property
     def rows_per_s(self) -> float:

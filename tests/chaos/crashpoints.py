@@ -12,7 +12,10 @@ pauses until the test lets it go on:
 - ``os.replace`` of a part's temp file into place (``part-replace``) or of the output's
   (``output-replace``);
 - ``os.open`` creating the output's temp file (``output-open``): every row is stored and
-  the output is about to be written.
+  the output is about to be written;
+- ``os.replace`` of a batch chunk's record into place (``record-replace``, under the
+  checkpoint's ``batches/`` folder): each step of a ``--batch-api`` chunk (prepared,
+  uploaded, submitted, status seen, collected) rewrites its record.
 
 ``CHAOS_WHEN`` says whether to strike ``before`` or ``after`` the real call. With
 ``CHAOS_ACTION=enospc`` every matching call from the N-th on fails: the disk stays full
@@ -79,7 +82,7 @@ def fd_kind(fd):
         return "part-fsync"
     if name == "parts":
         return "parts-dir-fsync"
-    if is_output_temp(name):
+    if is_output_temp(name, path):
         return "output-fsync"
     return None
 
@@ -87,8 +90,15 @@ def fd_kind(fd):
 real_fsync, real_replace, real_reader, real_open = os.fsync, os.replace, csv.reader, os.open
 
 
-def is_output_temp(name):
-    return name.startswith(".") and name.endswith(".tmp") and not name.endswith(".arrow.tmp")
+def in_ledger(path):
+    return os.path.basename(os.path.dirname(os.fspath(path))) == "batches"
+
+
+def is_output_temp(name, path=""):
+    return (
+        name.startswith(".") and name.endswith(".tmp") and not name.endswith(".arrow.tmp")
+        and not in_ledger(path)
+    )
 
 
 def fsync(fd):
@@ -104,7 +114,8 @@ def replace(src, dst, **kwargs):
     name = os.path.basename(os.fspath(src))
     kind = (
         "part-replace" if name.endswith(".arrow.tmp")
-        else "output-replace" if is_output_temp(name)
+        else "record-replace" if in_ledger(src) and ".json." in name
+        else "output-replace" if is_output_temp(name, src)
         else None
     )
     hit = due(kind)
@@ -116,7 +127,7 @@ def replace(src, dst, **kwargs):
 
 
 def open_(path, flags, *args, **kwargs):
-    creates = flags & os.O_CREAT and is_output_temp(os.path.basename(os.fspath(path)))
+    creates = flags & os.O_CREAT and is_output_temp(os.path.basename(os.fspath(path)), path)
     hit = due("output-open" if creates else None)
     if hit and WHEN == "before":
         strike()

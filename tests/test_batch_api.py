@@ -1,0 +1,242 @@
+"""``--batch-api`` end to end: the CLI against the emulator's OpenAI and Anthropic Batch APIs.
+
+Every test runs real ``aibatch run`` commands (click's runner, or a child process where
+it is killed) against an emulator on a loopback port, and reads what they wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from aibatch.jobs.batches import Ledger
+from aibatch.jobs.checkpoint import checkpoint_dir
+from aibatch.providers.emulator import Emulator, Faults, answer_for
+from tests.chaos.crashpoints import CrashPoint, child, child_command, child_env
+from tests.conftest import emulator_in_thread
+from tests.test_openai_cli import fast_retries, invoke, prompts_csv, questions
+
+PROVIDERS = ("openai", "anthropic")
+
+
+@pytest.fixture(params=PROVIDERS)
+def provider(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def batch_emulator(provider: str) -> Iterator[Emulator]:
+    with emulator_in_thread(protocol=provider, batch_delay=0) as emu:
+        yield emu
+
+
+def batch_run(source: Path, provider: str, emu: Emulator, *args: object) -> Any:
+    """``aibatch run SOURCE --provider P --base-url EMU --batch-api ARGS...``."""
+    return invoke(
+        "run", source, "--provider", provider, "--base-url", emu.base_url, "--batch-api",
+        "--poll-interval", "0.2", *args,
+    )  # fmt: skip
+
+
+def output_of(source: Path) -> Path:
+    return source.with_name(f"{source.stem}.responses.parquet")
+
+
+def rows_of(path: Path) -> list[dict[str, Any]]:
+    return pq.read_table(path).to_pylist()
+
+
+def test_every_row_gets_its_own_answer(
+    tmp_path: Path, provider: str, batch_emulator: Emulator
+) -> None:
+    prompts = questions(30)
+    source = prompts_csv(tmp_path, prompts)
+    result = batch_run(source, provider, batch_emulator, "--batch-size", "7")
+    assert result.exit_code == 0, result.output
+    answers = [r["response"] for r in rows_of(output_of(source))]
+    assert answers == [answer_for(p) for p in prompts]
+
+
+def test_rows_are_split_into_batches_of_batch_size(
+    tmp_path: Path, provider: str, batch_emulator: Emulator
+) -> None:
+    source = prompts_csv(tmp_path, questions(30))
+    batch_run(source, provider, batch_emulator, "--batch-size", "7")
+    assert batch_emulator.stats.batches_created == 5
+
+
+def test_a_rerun_of_a_finished_job_submits_nothing(
+    tmp_path: Path, provider: str, batch_emulator: Emulator
+) -> None:
+    source = prompts_csv(tmp_path, questions(10))
+    batch_run(source, provider, batch_emulator)
+    before = batch_emulator.stats.batch_requests
+    result = batch_run(source, provider, batch_emulator)
+    assert (result.exit_code, batch_emulator.stats.batch_requests) == (0, before)
+
+
+def test_batch_rows_cost_half_the_live_price(tmp_path: Path, provider: str) -> None:
+    prompts = questions(8)
+    prices = ("--input-price", "1", "--output-price", "2")
+    with emulator_in_thread(protocol=provider, batch_delay=0) as emu:
+        live = prompts_csv(tmp_path, prompts, "live.csv")
+        invoke("run", live, "--provider", provider, "--base-url", emu.base_url, *prices)
+        batched = prompts_csv(tmp_path, prompts, "batched.csv")
+        batch_run(batched, provider, emu, *prices)
+    live_cost = [r["cost_usd"] for r in rows_of(output_of(live))]
+    batch_cost = [r["cost_usd"] for r in rows_of(output_of(batched))]
+    assert batch_cost == pytest.approx([c / 2 for c in live_cost])
+
+
+def test_requests_that_fail_are_retried_in_a_new_batch_up_to_max_attempts(
+    tmp_path: Path, provider: str
+) -> None:
+    source = prompts_csv(tmp_path, questions(4))
+    with emulator_in_thread(
+        protocol=provider, batch_delay=0, faults=Faults(batch_error_rate=1.0)
+    ) as emu:
+        result = batch_run(
+            source, provider, emu, "--max-attempts", "3", "--job", fast_retries(tmp_path)
+        )
+        created = emu.stats.batches_created
+    rows = rows_of(output_of(source))
+    assert (result.exit_code, created, {r["attempts"] for r in rows}) == (1, 3, {3})
+
+
+def test_expired_requests_end_as_batch_expired(tmp_path: Path, provider: str) -> None:
+    source = prompts_csv(tmp_path, questions(3))
+    with emulator_in_thread(
+        protocol=provider, batch_delay=0, faults=Faults(batch_expire_rate=1.0)
+    ) as emu:
+        batch_run(source, provider, emu, "--max-attempts", "2")
+    assert {r["error_type"] for r in rows_of(output_of(source))} == {"BatchExpired"}
+
+
+def test_a_failed_batch_fails_its_rows_as_batch_failed(tmp_path: Path) -> None:
+    source = prompts_csv(tmp_path, questions(3))
+    with emulator_in_thread(
+        protocol="openai", batch_delay=0, faults=Faults(batch_fail_rate=1.0)
+    ) as emu:
+        batch_run(source, "openai", emu, "--max-attempts", "1")
+    assert {r["error_type"] for r in rows_of(output_of(source))} == {"BatchFailed"}
+
+
+def test_no_wait_exits_75_and_writes_no_output_while_batches_run(
+    tmp_path: Path, provider: str
+) -> None:
+    source = prompts_csv(tmp_path, questions(3))
+    with emulator_in_thread(protocol=provider, faults=Faults(batch_stuck_rate=1.0)) as emu:
+        result = batch_run(source, provider, emu, "--no-wait")
+    assert (result.exit_code, output_of(source).exists()) == (75, False)
+
+
+def test_a_second_no_wait_run_polls_and_submits_nothing_new(tmp_path: Path, provider: str) -> None:
+    source = prompts_csv(tmp_path, questions(3))
+    with emulator_in_thread(protocol=provider, faults=Faults(batch_stuck_rate=1.0)) as emu:
+        batch_run(source, provider, emu, "--no-wait")
+        result = batch_run(source, provider, emu, "--no-wait")
+        assert (result.exit_code, emu.stats.batches_created) == (75, 1)
+
+
+def test_max_wait_stops_waiting_on_a_batch_that_never_ends(tmp_path: Path, provider: str) -> None:
+    source = prompts_csv(tmp_path, questions(2))
+    with emulator_in_thread(protocol=provider, faults=Faults(batch_stuck_rate=1.0)) as emu:
+        result = batch_run(source, provider, emu, "--max-wait", "0")
+    assert result.exit_code == 75
+
+
+def test_batches_lists_the_jobs_batches(tmp_path: Path, provider: str) -> None:
+    source = prompts_csv(tmp_path, questions(3))
+    with emulator_in_thread(protocol=provider, faults=Faults(batch_stuck_rate=1.0)) as emu:
+        batch_run(source, provider, emu, "--no-wait")
+        listed = invoke("batches", output_of(source), "--json")
+    (batch,) = json.loads(listed.output)
+    assert (batch["state"], batch["status"], batch["rows"]) == ("submitted", "in_progress", 3)
+
+
+def test_cancelled_batches_are_collected_as_batch_cancelled(tmp_path: Path, provider: str) -> None:
+    source = prompts_csv(tmp_path, questions(3))
+    with emulator_in_thread(protocol=provider, faults=Faults(batch_stuck_rate=1.0)) as emu:
+        batch_run(source, provider, emu, "--no-wait")
+        invoke("batches", output_of(source), "--cancel")
+        result = batch_run(source, provider, emu)
+    errors = {r["error_type"] for r in rows_of(output_of(source))}
+    assert (result.exit_code, errors) == (1, {"BatchCancelled"})
+
+
+def test_the_dask_engine_refuses_batch_api(tmp_path: Path) -> None:
+    source = prompts_csv(tmp_path, questions(2))
+    result = invoke("run", source, "--provider", "openai", "--batch-api", "--engine", "dask")
+    assert "--batch-api runs on one machine" in result.output
+
+
+def test_a_provider_without_a_batch_api_is_refused(tmp_path: Path) -> None:
+    source = prompts_csv(tmp_path, questions(2))
+    result = invoke("run", source, "--emulate", "--batch-api")
+    assert (result.exit_code, "has no batch API" in result.output) == (2, True)
+
+
+def test_the_ledger_records_the_batch_id(
+    tmp_path: Path, provider: str, batch_emulator: Emulator
+) -> None:
+    source = prompts_csv(tmp_path, questions(3))
+    batch_run(source, provider, batch_emulator)
+    (chunk,) = Ledger(checkpoint_dir(output_of(source)), read_only=True).chunks()
+    assert (chunk.state, bool(chunk.batch_id)) == ("collected", True)
+
+
+def test_a_damaged_record_stops_the_run_naming_it(tmp_path: Path, provider: str) -> None:
+    source = prompts_csv(tmp_path, questions(3))
+    with emulator_in_thread(protocol=provider, faults=Faults(batch_stuck_rate=1.0)) as emu:
+        batch_run(source, provider, emu, "--no-wait")
+        record = checkpoint_dir(output_of(source)) / "batches" / "00000001.json"
+        record.write_text(record.read_text().replace('"rows": 3', '"rows": 2'))
+        result = batch_run(source, provider, emu, "--no-wait")
+    assert (result.exit_code, str(record) in result.output) == (2, True)
+
+
+# kill -9 at every step of a chunk, then the same command again
+
+# A chunk's record is rewritten at each step. OpenAI: prepared, uploaded, submitted,
+# status seen (ended), collected; Anthropic has no upload. "before" the N-th rewrite:
+# the step happened at the provider (or on disk) but is not recorded; "after": recorded,
+# the next not begun. And between storing the results and recording the chunk collected.
+KILLS = [
+    *(
+        (provider, CrashPoint("record-replace", n, when))
+        for provider, steps in (("openai", 5), ("anthropic", 4))
+        for n in range(1, steps + 1)
+        for when in ("before", "after")
+    ),
+    *((provider, CrashPoint("part-replace", 1, "after")) for provider in PROVIDERS),
+]
+
+
+@pytest.mark.parametrize(("provider", "point"), KILLS, ids=lambda v: getattr(v, "nth", v))
+def test_a_kill_at_any_step_never_submits_a_row_twice(
+    tmp_path: Path, provider: str, point: CrashPoint
+) -> None:
+    prompts = questions(5)
+    source = prompts_csv(tmp_path, prompts)
+    with emulator_in_thread(protocol=provider, batch_delay=0) as emu:
+        args = ("run", source, "--provider", provider, "--base-url", emu.base_url, "--batch-api",
+                "--poll-interval", "0.2")  # fmt: skip
+        with child(args, tmp_path, point) as killed:
+            killed.wait(timeout=60)
+        assert killed.returncode == -9
+        rerun = subprocess.run(
+            child_command(*args, bootstrap=False),
+            cwd=tmp_path,
+            env=child_env(),
+            capture_output=True,
+            timeout=60,
+        )
+        requests = emu.stats.batch_requests
+    answers = [r["response"] for r in rows_of(output_of(source))]
+    assert (rerun.returncode, requests, answers) == (0, 5, [answer_for(p) for p in prompts])
