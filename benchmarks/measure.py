@@ -222,6 +222,7 @@ class Bench:
             str(config.prompts),
             "-c",
             str(config.concurrency),
+            *(("--protocol", config.protocol) if client == BASELINE else ()),
         ]
 
     def run_one(

@@ -7,9 +7,11 @@ line is computed from the runs this invocation made; a target whose runs were no
 
 from __future__ import annotations
 
-from .measure import AIBATCH, BASELINE, GPT4FREE, Bench, Config, Run, median
+from .measure import AIBATCH, BASELINE, GPT4FREE, SDK_CLIENTS, Bench, Config, Run, median
 from .report import num, ratio, table
-from .sections import OVERLOAD_LIMIT, Plan, overload_config, schema_configs
+from .sections import OVERLOAD_LIMIT, Plan, overload_config, schema_configs, sdk_config
+
+SDK_TARGET_CONCURRENCY = 512
 
 
 def _runs(bench: Bench, client: str, config: Config) -> list[Run]:
@@ -119,6 +121,18 @@ def targets(bench: Bench, plan: Plan) -> str:
             at_least=False,
             shown=num(requests_per_row, 3),
         )
+
+    for protocol, sdk in SDK_CLIENTS.items():
+        for c, n in plan.sdk:
+            if c != SDK_TARGET_CONCURRENCY:
+                continue
+            config = sdk_config(protocol, c, n)
+            a, b, s = (_rate(bench, client, config) for client in (AIBATCH, BASELINE, sdk))
+            where = f"{protocol}, c={c}, {n:,} prompts: aibatch"
+            add(f"{where} / bare client rows/s >= 0.9", a / b, 0.9, at_least=True)
+            add(f"{where} / {sdk} rows/s >= 10", a / s, 10, at_least=True)
+            cpu = _cpu(bench, AIBATCH, config) / _cpu(bench, sdk, config)
+            add(f"{where} / {sdk} CPU per prompt <= 0.1", cpu, 0.1, at_least=False)
 
     plain, typed = schema_configs(bench, plan)
     add(
