@@ -44,6 +44,9 @@ CLIENT_MODULES = {
     ANTHROPIC_SDK: "benchmarks.anthropic_sdk",
     OPENAI_SDK: "benchmarks.openai_sdk",
 }
+# start-up alone: `aibatch --help`, and the floor of a click program
+HELP, CLICK = "aibatch --help", "import click"
+STARTUP_COMMANDS = {HELP: ("aibatch", "--help"), CLICK: ("python", "-c", "import click")}
 # 10% of chat requests fail: HTTP 500, 429 with Retry-After: 1, or a stream cut mid-way.
 MIXED_FAULTS = {
     "error-rate": 0.034,
@@ -211,6 +214,9 @@ class Bench:
                 *(("--provider", config.protocol) if config.protocol != "aichatonline" else ()),
                 *config.extra,
             ]
+        if client in STARTUP_COMMANDS:
+            program, *args = STARTUP_COMMANDS[client]
+            return [*(venv_command(program) if program != "python" else [sys.executable]), *args]
         module = CLIENT_MODULES[client]
         return [
             sys.executable,
@@ -299,6 +305,11 @@ class Bench:
         stderr_tail = _tail(run_dir / "stderr.txt")
         if process.timed_out:
             run.error = f"killed after its deadline; stderr: {stderr_tail}"
+            return
+        if run.client in STARTUP_COMMANDS:  # nothing sent: it counts if it exits 0
+            if process.exit_code != 0:
+                run.error = f"exit {process.exit_code}; stderr: {stderr_tail}"
+            run.ok = run.config.prompts
             return
         try:
             if run.client == AIBATCH:

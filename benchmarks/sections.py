@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from .measure import (
     AIBATCH,
     BASELINE,
+    CLICK,
     CLIENTS,
     GPT4FREE,
+    HELP,
     MIXED_FAULTS,
     SDK_CLIENTS,
     Bench,
@@ -250,6 +252,56 @@ def cost(bench: Bench, plan: Plan) -> Section:
         "start-up rows are one prompt each: the fixed cost every run pays."
     )
     return Section("Cost per prompt", table(headers, rows) + note)
+
+
+STARTUP = Config(concurrency=1, prompts=1, latency=0.0)  # shared with the cost section
+STARTUP_CLIENTS = (AIBATCH, BASELINE, HELP, CLICK)
+
+
+def startup_runs(bench: Bench) -> dict[str, list[Run]]:
+    """The start-up runs: one prompt (aibatch, the bare client), ``--help``, ``import click``.
+
+    Each takes well under a second, and start-up is what varies most from one run to
+    the next, so this comparison takes five times the repetitions of the others.
+    """
+    return bench.compare_clients(STARTUP_CLIENTS, STARTUP, reps=min(5 * bench.reps, 20))
+
+
+def startup(bench: Bench, plan: Plan) -> Section:
+    """What a short job pays every time: the whole process, one prompt, or only --help."""
+    found = startup_runs(bench)
+    walls = {c: median(r.wall_s for r in _good(found[c])) for c in STARTUP_CLIENTS}
+    compared = {AIBATCH: BASELINE, BASELINE: BASELINE, HELP: CLICK, CLICK: CLICK}
+    what = {
+        AIBATCH: "`aibatch run` of a one-row CSV: Parquet out, checkpoint on",
+        BASELINE: "the bare client: imports aiohttp, posts one prompt, reads the answer, prints a line",
+        HELP: "`aibatch --help`",
+        CLICK: "`python -c 'import click'`",
+    }
+    rows = []
+    for client in STARTUP_CLIENTS:
+        runs = _good(found[client])
+        if not runs:
+            rows.append([client, what[client], _failed(found[client]), *["-"] * 4])
+            continue
+        rows.append(
+            [
+                client,
+                what[client],
+                spread([r.wall_s for r in runs], lambda v: num(v, 3)),
+                f"{ratio(walls[client] / walls[compared[client]])} of {compared[client]}",
+                num(median(r.process.user_s for r in runs if r.process), 3),
+                num(median(r.process.sys_s for r in runs if r.process), 3),
+                num(median(r.peak_rss_mb for r in runs)),
+            ]
+        )
+    headers = ["client", "what", "wall s", "ratio", "user s", "sys s", "peak RSS MB"]
+    note = (
+        "\n\nEach a whole process, timed from `Popen` to its exit, alternating; the runs "
+        "that send talk to an emulator at 0 ms in its own process. Bytecode compiled "
+        "beforehand, as an installed package has it."
+    )
+    return Section("Start-up", table(headers, rows) + note)
 
 
 def requests(bench: Bench, plan: Plan) -> Section:
@@ -781,6 +833,7 @@ def schema(bench: Bench, plan: Plan) -> Section:
 SECTIONS: dict[str, Callable[[Bench, Plan], Section]] = {
     "throughput": throughput,
     "cost": cost,
+    "startup": startup,
     "requests": requests,
     "memory": memory,
     "resume": resume,

@@ -7,9 +7,27 @@ line is computed from the runs this invocation made; a target whose runs were no
 
 from __future__ import annotations
 
-from .measure import AIBATCH, BASELINE, GPT4FREE, SDK_CLIENTS, Bench, Config, Run, median
+from .measure import (
+    AIBATCH,
+    BASELINE,
+    CLICK,
+    GPT4FREE,
+    HELP,
+    SDK_CLIENTS,
+    Bench,
+    Config,
+    Run,
+    median,
+)
 from .report import num, ratio, table
-from .sections import OVERLOAD_LIMIT, Plan, overload_config, schema_configs, sdk_config
+from .sections import (
+    OVERLOAD_LIMIT,
+    STARTUP,
+    Plan,
+    overload_config,
+    schema_configs,
+    sdk_config,
+)
 
 SDK_TARGET_CONCURRENCY = 512
 
@@ -55,6 +73,22 @@ def targets(bench: Bench, plan: Plan) -> str:
     add(f"c={c}, {n:,} prompts: aibatch / baseline rows/s >= 0.75", a / b, 0.75, at_least=True)
     cpu = _cpu(bench, AIBATCH, config) / _cpu(bench, GPT4FREE, config)
     add(f"c={c}: aibatch / gpt4free CPU per prompt <= 0.4", cpu, 0.4, at_least=False)
+
+    def wall(client: str) -> float:
+        return median(r.wall_s for r in _runs(bench, client, STARTUP))
+
+    add(
+        "one-prompt `aibatch run` / the bare client's one prompt, wall <= 2",
+        wall(AIBATCH) / wall(BASELINE),
+        2,
+        at_least=False,
+    )
+    add(
+        "`aibatch --help` / `python -c 'import click'`, wall <= 2.5",
+        wall(HELP) / wall(CLICK),
+        2.5,
+        at_least=False,
+    )
 
     clean = [
         r
