@@ -7,6 +7,7 @@ it is killed) against an emulator on a loopback port, and reads what they wrote.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,10 +16,11 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from aibatch.errors import CheckpointError
 from aibatch.jobs.batches import Ledger
 from aibatch.jobs.checkpoint import checkpoint_dir
 from aibatch.providers.emulator import Emulator, Faults, answer_for
-from tests.chaos.crashpoints import CrashPoint, child, child_command, child_env
+from tests.chaos.crashpoints import CrashPoint, child, child_command, child_env, wait_until
 from tests.conftest import emulator_in_thread
 from tests.test_openai_cli import fast_retries, invoke, prompts_csv, questions
 
@@ -240,3 +242,68 @@ def test_a_kill_at_any_step_never_submits_a_row_twice(
         requests = emu.stats.batch_requests
     answers = [r["response"] for r in rows_of(output_of(source))]
     assert (rerun.returncode, requests, answers) == (0, 5, [answer_for(p) for p in prompts])
+
+
+def test_ctrl_c_while_waiting_exits_130_and_leaves_the_batches_running(
+    tmp_path: Path, provider: str
+) -> None:
+    source = prompts_csv(tmp_path, questions(3))
+    ledger = Ledger(checkpoint_dir(output_of(source)), read_only=True)
+    with emulator_in_thread(protocol=provider, faults=Faults(batch_stuck_rate=1.0)) as emu:
+        args = ("run", source, "--provider", provider, "--base-url", emu.base_url, "--batch-api")
+        with child(args, tmp_path, None) as process:
+            wait_until(lambda: any(c.state == "submitted" for c in _chunks(ledger)), process)
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=60)
+        assert (process.returncode, emu.stats.batches_cancelled) == (130, 0)
+
+
+def _chunks(ledger: Ledger) -> list[Any]:
+    try:
+        return ledger.chunks()
+    except CheckpointError:  # a record being replaced as we look
+        return []
+
+
+def test_max_cost_is_never_passed(tmp_path: Path, provider: str) -> None:
+    source = prompts_csv(tmp_path, questions(10))
+    summary = tmp_path / "summary.json"
+    prices = ("--input-price", "1000", "--output-price", "1000", "--max-tokens", "10")
+    with emulator_in_thread(protocol=provider, batch_delay=0) as emu:
+        result = batch_run(
+            source, provider, emu, *prices, "--max-cost", "0.05", "--summary-json", summary
+        )
+    spent = json.loads(summary.read_text())["cost_usd"]
+    statuses = [r["status"] for r in rows_of(output_of(source))]
+    assert (result.exit_code, spent <= 0.05, "unsent" in statuses) == (3, True, True)
+
+
+def test_rows_wait_for_budget_held_by_batches_in_flight(tmp_path: Path) -> None:
+    # Each row's worst case is far above its real cost: once the first batch settles,
+    # its unused reservation pays for more rows than fitted at first.
+    source = prompts_csv(tmp_path, questions(10))
+    prices = ("--input-price", "1000", "--output-price", "1000", "--max-tokens", "100")
+    with emulator_in_thread(protocol="openai", batch_delay=0) as emu:
+        batch_run(source, "openai", emu, *prices, "--max-cost", "0.2")
+        created = emu.stats.batches_created
+    assert created > 1
+
+
+def test_structured_answers_come_back_as_typed_columns(tmp_path: Path, provider: str) -> None:
+    schema = '{"type":"object","properties":{"n":{"type":"integer"}},"required":["n"]}'
+    source = prompts_csv(tmp_path, questions(3))
+    with emulator_in_thread(protocol=provider, batch_delay=0) as emu:
+        result = batch_run(source, provider, emu, "--schema", schema)
+    rows = rows_of(output_of(source))
+    assert (result.exit_code, all(isinstance(r["n"], int) for r in rows)) == (0, True)
+
+
+def test_run_file_takes_batch_api_as_a_keyword(tmp_path: Path, provider: str) -> None:
+    from aibatch import run_file
+
+    prompts = questions(3)
+    source = prompts_csv(tmp_path, prompts)
+    with emulator_in_thread(protocol=provider, batch_delay=0) as emu:
+        summary = run_file(source, provider=provider, base_url=emu.base_url, batch_api=True)
+        created = emu.stats.batches_created
+    assert (summary.ok, created) == (3, 1)

@@ -416,18 +416,26 @@ class Budget:
                 raise self._reached()
             await self._settled.wait()
 
-    def hold(self, amount: float) -> bool:
-        """Hold ``amount`` for a request now, without waiting for room.
+    def hold(self, amount: float, *, already: bool = False) -> bool:
+        """Hold ``amount`` for a Batch API request now, without waiting for room.
 
-        For a Batch API request, whose answer may take hours. ``False``, and the budget
-        reached, if it does not fit beside what is spent and held.
+        Its answer may take hours: there is no waiting here for others to settle.
+        ``False`` if it does not fit beside what is spent and held; then, with nothing
+        held, the budget is reached.
+        ``already``: the request was submitted by an earlier run; hold it whatever.
+        Released by :meth:`release`.
         """
-        if self.reached or self.spent + self.held + amount > self.limit:
-            self.reached = True
+        if not already and (self.reached or self.spent + self.held + amount > self.limit):
+            if self.held <= 0:  # nothing to wait for: no room will come
+                self.reached = True
             return False
         self.held += amount
-        self.in_flight += 1
         return True
+
+    def release(self, held: float, cost: float) -> None:
+        """Release what :meth:`hold` held for requests that cost ``cost`` in all."""
+        self.held = max(self.held - held, 0.0)
+        self.spent += cost
 
     def reached_error(self) -> BudgetReached:
         """The error saying the budget is reached."""

@@ -105,6 +105,10 @@ class BatchSend:
         self.size = min(self.spec.batch_size or self.client.max_requests, self.client.max_requests)
         self.open: list[_Open] = []
         self.retry: dict[int, int] = {}  # row -> attempts made, for rows to send again
+        # rows waiting for the budget held by chunks in flight, and their attempts
+        self.deferred = np.empty(0, np.int64)
+        self.deferred_attempts: dict[int, int] = {}
+        self._settled = False  # a chunk was collected since the last build
         self.submitted = 0  # requests submitted by this run
         self.stored = 0  # rows this run stored
         self.job = ""
@@ -139,7 +143,7 @@ class BatchSend:
         budget = self.partition.budget
         if budget is not None:
             for chunk in chunks:
-                budget.hold(chunk.reserved)
+                budget.hold(chunk.reserved, already=True)
         if chunks:
             log.info(
                 "%d batches of an earlier run are in flight (%d rows)",
@@ -164,8 +168,12 @@ class BatchSend:
     # build
 
     async def _build(self, rows: np.ndarray, attempts: dict[int, int]) -> None:
-        """Write ``rows`` (sorted row numbers) into chunks and submit each as it fills."""
-        if not len(rows) or self._stopped():
+        """Write ``rows`` (sorted row numbers) into chunks and submit each as it fills.
+
+        Rows the budget cannot cover while other chunks hold some of it wait in
+        :attr:`deferred` for those chunks to settle.
+        """
+        if not len(rows) or self._closed():
             return
         writer = _ChunkWriter(self, await anyio.to_thread.run_sync(self.ledger.next_number))
         for batch in self.partition.source.batches():
@@ -174,9 +182,15 @@ class BatchSend:
             for first in range(int(lo), int(hi), _STEP):
                 part = rows[first : min(first + _STEP, int(hi))] - batch.start
                 lines = await anyio.to_thread.run_sync(self._lines, batch, part, attempts)
-                for line in lines:
-                    if line is None:  # the budget cannot cover it: the rest stay unsent
+                for index, line in enumerate(lines):
+                    if line is None:  # the budget cannot cover it now
                         await self._finish(writer)
+                        budget = self.partition.budget
+                        if budget is not None and budget.reached:  # nothing held: no room
+                            self.partition._budget_reached(budget.reached_error())
+                        else:  # room may come when the chunks in flight settle
+                            self.deferred = rows[first + index :]
+                            self.deferred_attempts = attempts
                         return
                     if writer.full(len(line.data)):
                         await self._finish(writer)
@@ -202,7 +216,6 @@ class BatchSend:
             if budget is not None:
                 reserved = partition._worst(job) * BATCH_DISCOUNT
                 if not budget.hold(reserved):
-                    partition._budget_reached(budget.reached_error())
                     out.append(None)
                     break
             data = self.client.line(custom_id(job.row_key, job.request_hash), job.request)
@@ -335,9 +348,12 @@ class BatchSend:
                     )
                 if info.ended:
                     await self._collect(item, info)
-            if self.retry and not self._stopped():
-                rows = np.array(sorted(self.retry), np.int64)
-                attempts, self.retry = self.retry, {}
+            if (self.retry or len(self.deferred)) and not self._closed() and self._settled:
+                self._settled = False
+                retry, self.retry = self.retry, {}
+                deferred, self.deferred = self.deferred, np.empty(0, np.int64)
+                attempts = {**self.deferred_attempts, **retry}
+                rows = np.union1d(deferred, np.array(sorted(retry), np.int64))
                 await self._build(rows, attempts)
                 continue
             self._progress()
@@ -364,8 +380,13 @@ class BatchSend:
             await stop.wait()
 
     def _stopped(self) -> bool:
+        """Whether to stop waiting (Ctrl-C): the batches go on at the provider."""
         stop = self.partition.stop
-        return (stop is not None and stop.is_set()) or self.partition.budget_stopped
+        return stop is not None and stop.is_set()
+
+    def _closed(self) -> bool:
+        """Whether to build no more chunks: stopped, or the budget reached."""
+        return self._stopped() or self.partition.budget_stopped
 
     # collect
 
@@ -424,7 +445,7 @@ class BatchSend:
                 and here
                 and _retryable(error)
                 and attempt < self.spec.retry.attempts
-                and not self._stopped()
+                and not self._closed()
             ):
                 retry[row] = attempt
                 continue
@@ -444,7 +465,7 @@ class BatchSend:
                     loc[row] = where
         budget = partition.budget
         if budget is not None:
-            budget.settle(chunk.reserved, math.fsum(costs))
+            budget.release(chunk.reserved, math.fsum(costs))
         self.stored += len(results)
         failed = sum(1 for r in results if r.status is RowStatus.ERROR)
         progress = partition.progress
@@ -453,6 +474,7 @@ class BatchSend:
         item.chunk = await anyio.to_thread.run_sync(self.ledger.collected, chunk)
         self.open.remove(item)
         self.retry.update(retry)
+        self._settled = True  # budget freed, or rows to retry: worth building again
         log.info(
             "%s: %d results stored (%d failed), %d to send again",
             chunk.name,
