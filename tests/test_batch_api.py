@@ -307,3 +307,15 @@ def test_run_file_takes_batch_api_as_a_keyword(tmp_path: Path, provider: str) ->
         summary = run_file(source, provider=provider, base_url=emu.base_url, batch_api=True)
         created = emu.stats.batches_created
     assert (summary.ok, created) == (3, 1)
+
+
+def test_a_dry_run_estimates_the_batch_price(tmp_path: Path) -> None:
+    source = prompts_csv(tmp_path, questions(5))
+    prices = ("--input-price", "1", "--output-price", "2", "--max-tokens", "50")
+    costs = []
+    for extra in ((), ("--batch-api",)):
+        summary = tmp_path / f"dry{len(extra)}.json"
+        invoke("run", source, "--provider", "openai", "--base-url", "http://127.0.0.1:9",
+               *prices, *extra, "--dry-run", "--summary-json", summary)  # fmt: skip
+        costs.append(json.loads(summary.read_text())["worst_case_usd"])
+    assert costs[1] == pytest.approx(costs[0] / 2)

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,7 +33,11 @@ from ..types import ChatRequest
 
 log = logging.getLogger(__name__)
 
+#: what OpenAI's and Anthropic's Batch APIs charge, as a share of the live price
+BATCH_SHARE = 0.5
+
 __all__ = [
+    "BATCH_SHARE",
     "CHARS_PER_TOKEN",
     "Budget",
     "Estimate",
@@ -130,18 +135,20 @@ class Price:
         output: USD per million answer tokens.
         per_request: USD for each request, on top (a few services charge one).
         source: where the price comes from, for people.
+        share: of all that, what is charged: :data:`BATCH_SHARE` through a Batch API.
     """
 
     input: Rate
     output: Rate
     per_request: float = 0.0
     source: str = ""
+    share: float = 1.0
 
     def cost(self, input_tokens: int, output_tokens: int) -> float:
         """USD for one answer of ``output_tokens`` to a prompt of ``input_tokens``."""
         rated = input_tokens * self.input.at(input_tokens)
         rated += output_tokens * self.output.at(input_tokens)
-        return rated / 1e6 + self.per_request
+        return (rated / 1e6 + self.per_request) * self.share
 
     def total(self, input_tokens: np.ndarray, output_tokens: np.ndarray) -> float:
         """USD for many answers, each priced on its own (tiers go by each prompt)."""
@@ -149,7 +156,7 @@ class Price:
             return 0.0
         rated = input_tokens * self.input.per_row(input_tokens)
         rated += output_tokens * self.output.per_row(input_tokens)
-        return float(math.fsum((rated / 1e6 + self.per_request).tolist()))
+        return float(math.fsum((rated / 1e6 + self.per_request).tolist())) * self.share
 
     def answer_cost(self, prompt_tokens: int | None, completion_tokens: int | None) -> float | None:
         """:meth:`cost` of an answer; ``None`` when the service reported no usage."""
@@ -160,7 +167,11 @@ class Price:
     def describe(self) -> str:
         """The price in a few words, with its source."""
         fee = f" + ${self.per_request:g} a request" if self.per_request else ""
-        return f"{self.input} input, {self.output} output per million tokens{fee} ({self.source})"
+        share = f", {self.share:g} of it through the Batch API" if self.share != 1 else ""
+        return (
+            f"{self.input} input, {self.output} output per million tokens{fee}{share}"
+            f" ({self.source})"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,14 +188,27 @@ class PriceLookup:
 
 
 def look_up_price(
-    model: str, *, input_price: float | None = None, output_price: float | None = None
+    model: str,
+    *,
+    input_price: float | None = None,
+    output_price: float | None = None,
+    batch: bool = False,
 ) -> PriceLookup:
     """The price of ``model``: the overrides, else the genai-prices table.
 
     An override replaces the table's rate for its side (tiers included); with both
     given the table is not read at all, so a local model or a private price needs no
-    table.
+    table. ``batch``: the price through the provider's Batch API (:data:`BATCH_SHARE`
+    of the live one; the overrides are live prices too).
     """
+    lookup = _look_up(model, input_price, output_price)
+    if not batch or lookup.price is None:
+        return lookup
+    price = dataclasses.replace(lookup.price, share=BATCH_SHARE)
+    return PriceLookup(price, price.describe())
+
+
+def _look_up(model: str, input_price: float | None, output_price: float | None) -> PriceLookup:
     if input_price is not None and output_price is not None:
         price = Price(
             input=Rate(input_price),

@@ -66,10 +66,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BATCH_DISCOUNT", "BatchSend", "BatchState", "job_batches"]
+__all__ = ["BatchSend", "BatchState", "job_batches"]
 
-#: what a Batch API request costs, as a share of the live price (OpenAI and Anthropic)
-BATCH_DISCOUNT = 0.5
 #: the first wait between polls (seconds); each wait is 1.5 times the one before
 FIRST_POLL = 0.5
 _STEP = 256  # rows whose requests (and images) are built at once
@@ -134,10 +132,6 @@ class BatchSend:
                     f" but this run sends to {provider.name} {provider.base_url}: run it with"
                     " that provider and --base-url to collect it (or --restart to forget it)"
                 )
-        prices = self.partition.prices
-        if prices.price is not None:
-            note = f"{prices.note}; Batch API: half of it"
-            self.partition.prices = dataclasses.replace(prices, note=note)
         in_flight = [await anyio.to_thread.run_sync(self.ledger.keys, c) for c in chunks]
         self.open = [_Open(c) for c in chunks]
         budget = self.partition.budget
@@ -214,7 +208,7 @@ class BatchSend:
         for job in jobs:
             reserved = 0.0
             if budget is not None:
-                reserved = partition._worst(job) * BATCH_DISCOUNT
+                reserved = partition._worst(job)  # at the Batch API's price
                 if not budget.hold(reserved):
                     out.append(None)
                     break
@@ -429,7 +423,7 @@ class BatchSend:
                 error = TransientError("the batch returned no result for this request")
             cost = None
             if completion is not None:
-                cost = partition._answered(completion, share=BATCH_DISCOUNT)
+                cost = partition._answered(completion)
                 if cost is not None:
                     costs.append(cost)
                 if partition.structured is not None:

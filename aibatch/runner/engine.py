@@ -517,19 +517,18 @@ class _Partition:
             return PriceLookup(None, f"cost unknown: {reason}")
         spec = self.spec
         return look_up_price(
-            self.model, input_price=spec.input_price, output_price=spec.output_price
+            self.model,
+            input_price=spec.input_price,
+            output_price=spec.output_price,
+            batch=spec.batch_api,
         )
 
-    def _answered(self, completion: Completion, *, share: float = 1.0) -> float | None:
-        """The cost of an answer (billed, whatever becomes of it), counted in the run's.
-
-        ``share``: of the live price (a Batch API answer costs half).
-        """
+    def _answered(self, completion: Completion) -> float | None:
+        """The cost of an answer (billed, whatever becomes of it), counted in the run's."""
         price = self.prices.price
         cost = None
         if price is not None:
             cost = price.answer_cost(completion.prompt_tokens, completion.completion_tokens)
-            cost = None if cost is None else cost * share
         self.answers += 1
         if cost is None:
             self.uncosted += 1

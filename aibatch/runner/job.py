@@ -28,8 +28,8 @@ from ..io.output import check_output, output_schema, read_frame
 from ..jobs.checkpoint import SEND, Checkpoint, checkpoint_dir, request_hash, row_key
 from ..jobs.cost import Estimate, estimate, look_up_price, request_size
 from ..jobs.spec import JobSpec
-from ..providers import AsyncGeneratorProvider, Emulator, get_provider
-from ..providers.emulator import PROTOCOLS
+from ..providers import AsyncGeneratorProvider, get_provider
+from ..providers.faults import PROTOCOLS
 from .engine import ProgressCallback, run_partition
 from .prompts import PromptBuilder
 from .summary import Summary
@@ -103,6 +103,8 @@ async def _arun_job(
         async with contextlib.AsyncExitStack() as stack:
             base_url = spec.base_url
             if spec.emulate:
+                from ..providers.emulator import Emulator  # aiohttp's server: only here
+
                 emulator = Emulator(protocol=provider_class.name)
                 base_url = await stack.enter_async_context(emulator)
             provider = await stack.enter_async_context(
@@ -372,7 +374,12 @@ def preview(spec: JobSpec, count: int = 5) -> Preview:
             dedupe=spec.dedupe,
             retry_failed=spec.retry_failed,
         )
-    lookup = look_up_price(model, input_price=spec.input_price, output_price=spec.output_price)
+    lookup = look_up_price(
+        model,
+        input_price=spec.input_price,
+        output_price=spec.output_price,
+        batch=spec.batch_api,
+    )
     if not provider_class.reports_usage:
         note = f"the {provider.name} provider reports no token usage: a run records no cost"
         lookup = dataclasses.replace(lookup, note=f"{lookup.note}; {note}")
