@@ -102,7 +102,8 @@ class ProgressReporter:
             parts.append(f"reused {p.reused}")
         if p.cost_usd is not None:
             parts.append(usd(p.cost_usd))
-        parts += [f"{p.rate:.1f} rows/s", f"c={p.concurrency}", f"ETA {_duration(p.eta)}"]
+        limit = f"c={p.concurrency}" if p.batches is None else f"batches {p.batches}"
+        parts += [f"{p.rate:.1f} rows/s", limit, f"ETA {_duration(p.eta)}"]
         text = " | ".join(parts)
         if self.bar:
             width = 24 if columns is None else min(24, columns - 4 - len(text))

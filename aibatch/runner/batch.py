@@ -447,6 +447,8 @@ class BatchSend:
             _fill(result, completion, error)
             result.cost_usd = cost
             results.append(result)
+            if result.latency_ms is not None:  # a batch's turnaround
+                partition.latencies.append(result.latency_ms)
         locs = await anyio.to_thread.run_sync(self._write, results) if results else None
         if locs is not None:
             for result, where in zip(results, locs.tolist(), strict=True):
@@ -512,6 +514,8 @@ class BatchSend:
         progress = partition.progress
         in_batches = sum(item.info.finished for item in self.open if item.info is not None)
         progress.done = self.stored + in_batches
+        progress.batches = len(self.open)
+        progress.cost_usd = partition._cost_usd() if partition.prices.price is not None else None
         partition.on_progress(progress)
 
 

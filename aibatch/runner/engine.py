@@ -84,6 +84,7 @@ class Progress:
     deduped: int = 0
     concurrency: int = 0
     cost_usd: float | None = None  # what this run's answers cost so far, when known
+    batches: int | None = None  # --batch-api: the batches in flight at the provider
     started: float = field(default_factory=time.monotonic)
 
     @property
