@@ -319,3 +319,34 @@ def test_a_dry_run_estimates_the_batch_price(tmp_path: Path) -> None:
                *prices, *extra, "--dry-run", "--summary-json", summary)  # fmt: skip
         costs.append(json.loads(summary.read_text())["worst_case_usd"])
     assert costs[1] == pytest.approx(costs[0] / 2)
+
+
+def test_a_later_run_collects_what_a_no_wait_run_submitted(tmp_path: Path, provider: str) -> None:
+    prompts = questions(4)
+    source = prompts_csv(tmp_path, prompts)
+    with emulator_in_thread(protocol=provider, batch_delay=3600) as emu:
+        first = batch_run(source, provider, emu, "--no-wait")
+        emu.end_batches()
+        second = batch_run(source, provider, emu, "--no-wait")
+        created = emu.stats.batches_created
+    answers = [r["response"] for r in rows_of(output_of(source))]
+    assert (first.exit_code, second.exit_code, created, answers) == (
+        75, 0, 1, [answer_for(p) for p in prompts]
+    )  # fmt: skip
+
+
+def test_a_job_file_turns_the_batch_api_on(tmp_path: Path) -> None:
+    source = prompts_csv(tmp_path, questions(2))
+    job = tmp_path / "job.toml"
+    with emulator_in_thread(protocol="openai", batch_delay=0) as emu:
+        job.write_text(f'provider = "openai"\nbase_url = "{emu.base_url}"\nbatch_api = true\n')
+        invoke("run", source, "--job", job, "--poll-interval", "0.2")
+        assert emu.stats.batches_created == 1
+
+
+def test_the_emulator_ends_its_batches_on_demand(tmp_path: Path) -> None:
+    source = prompts_csv(tmp_path, questions(2))
+    with emulator_in_thread(protocol="openai", batch_delay=3600) as emu:
+        invoke("run", source, "--provider", "openai", "--base-url", emu.base_url, "--batch-api",
+               "--no-wait")  # fmt: skip
+        assert emu.end_batches() == 1

@@ -233,6 +233,14 @@ class Emulator:
     ) -> None:
         await self.stop()
 
+    def end_batches(self) -> int:
+        """End every Batch API batch still running, now (for tests and demos).
+
+        Returns:
+            How many it ended.
+        """
+        return 0 if self._batches is None else self._batches.end_all()
+
     def issued_tokens(self) -> list[str]:
         """Every token this emulator ever handed out (for tests that search for leaks)."""
         return list(self._issued)

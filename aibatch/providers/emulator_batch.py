@@ -138,6 +138,23 @@ class BatchStore:
 
         return checked
 
+    def end_all(self) -> int:
+        """End every batch still running now, stuck ones too; return how many.
+
+        Each answers what it would have at its end (requests fated to expire expire).
+        """
+        now = time.monotonic()
+        ended = 0
+        for batch in self.batches.values():
+            if batch.results is not None or batch.cancel_at is not None or batch.ends <= now:
+                continue
+            batch.ends = now
+            for request in batch.requests:
+                if request.fate != "expire":
+                    request.done_at = min(request.done_at, now)
+            ended += 1
+        return ended
+
     def _draw(self, rate: float) -> bool:
         return rate > 0 and self.rng.random() < rate
 
