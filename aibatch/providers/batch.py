@@ -145,6 +145,27 @@ class BatchClient:
 
     async def recent(self, since: float) -> list[BatchInfo]:
         """Batches created at ``since`` (Unix seconds) or later, newest first."""
+        found: list[BatchInfo] = []
+        after: str | None = None
+        for _ in range(1000):  # 100 a page: the newest 100,000 batches at most
+            page = await self._call("GET", self._list_url(after), "batch list")
+            data = [b for b in page.get("data") or () if isinstance(b, dict)]
+            infos = [self._info(b) for b in data]
+            found += [i for i in infos if i.created_at is None or i.created_at >= since]
+            if not page.get("has_more") or not data:
+                break
+            if any(i.created_at is not None and i.created_at < since for i in infos):
+                break  # newest first: the rest are older still
+            last = page.get("last_id") or data[-1].get("id")
+            after = str(last) if last else None
+        return found
+
+    def _list_url(self, after: str | None) -> str:
+        """The URL of a page of the batch list, after the batch ``after``."""
+        raise NotImplementedError
+
+    def _info(self, batch: dict[str, Any]) -> BatchInfo:
+        """What a batch object says."""
         raise NotImplementedError
 
     def results(self, batch: BatchInfo) -> AsyncIterator[BatchItem]:
@@ -300,21 +321,8 @@ class OpenAIBatches(BatchClient):
         url = f"{self._base}/batches/{batch_id}/cancel"
         return self._info(await self._call("POST", url, "batch cancel"))
 
-    async def recent(self, since: float) -> list[BatchInfo]:
-        found: list[BatchInfo] = []
-        after: str | None = None
-        for _ in range(1000):  # 100 a page: the newest 100,000 batches at most
-            url = f"{self._base}/batches?limit=100" + (f"&after={after}" if after else "")
-            page = await self._call("GET", url, "batch list")
-            data = [b for b in page.get("data") or () if isinstance(b, dict)]
-            infos = [self._info(b) for b in data]
-            found += [i for i in infos if i.created_at is None or i.created_at >= since]
-            if not page.get("has_more") or not data:
-                break
-            if any(i.created_at is not None and i.created_at < since for i in infos):
-                break  # newest first: the rest are older still
-            after = data[-1].get("id")
-        return found
+    def _list_url(self, after: str | None) -> str:
+        return f"{self._base}/batches?limit=100" + (f"&after={after}" if after else "")
 
     async def results(self, batch: BatchInfo) -> AsyncIterator[BatchItem]:
         for file_id in batch.results:
@@ -411,21 +419,8 @@ class AnthropicBatches(BatchClient):
             await self._call("POST", f"{self._base}/{batch_id}/cancel", "batch cancel")
         )
 
-    async def recent(self, since: float) -> list[BatchInfo]:
-        found: list[BatchInfo] = []
-        after: str | None = None
-        for _ in range(1000):
-            url = f"{self._base}?limit=100" + (f"&after_id={after}" if after else "")
-            page = await self._call("GET", url, "batch list")
-            data = [b for b in page.get("data") or () if isinstance(b, dict)]
-            infos = [self._info(b) for b in data]
-            found += [i for i in infos if i.created_at is None or i.created_at >= since]
-            if not page.get("has_more") or not data:
-                break
-            if any(i.created_at is not None and i.created_at < since for i in infos):
-                break
-            after = page.get("last_id") or data[-1].get("id")
-        return found
+    def _list_url(self, after: str | None) -> str:
+        return f"{self._base}?limit=100" + (f"&after_id={after}" if after else "")
 
     async def results(self, batch: BatchInfo) -> AsyncIterator[BatchItem]:
         for url in batch.results:
