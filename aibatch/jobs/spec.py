@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -379,6 +378,8 @@ def load_job(path: str | Path) -> dict[str, Any]:
     Raises:
         UsageError: unreadable file, bad TOML, or an unknown key (named).
     """
+    import tomllib  # only a job file needs it: not `aibatch --help`, nor a run without one
+
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
