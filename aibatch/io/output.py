@@ -21,12 +21,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import OutputError, UsageError
 from ..files import AtomicFile
+from ..jobs.arrays import from_numpy, scalar
 from ..jobs.checkpoint import RECORD_SCHEMA
 
 if TYPE_CHECKING:
@@ -147,13 +149,13 @@ def assemble(
     n = data.num_rows
     columns = [
         *data.columns,
-        pa.array(range(start, start + n), pa.int64()),
+        from_numpy(np.arange(start, start + n, dtype=np.int64), pa.int64()),
         *(records.column(name).combine_chunks() for name in RECORD_SCHEMA.names),
-        *(pa.repeat(value, n).cast(pa.string()) for value in constants.values()),
+        *(pa.repeat(scalar(value), n) for value in constants.values()),
     ]
     names = [*data.schema.names, *OUTPUT_SCHEMA.names]
     if structured is not None:
-        ok = pc.fill_null(pc.equal(records.column("status"), "ok"), False).to_pylist()
+        ok = [v is True for v in pc.equal(records.column("status"), scalar("ok")).to_pylist()]
         columns += structured.columns(records.column("response").to_pylist(), ok)
         names += structured.names
     return pa.Table.from_arrays(columns, names=names)
@@ -174,12 +176,13 @@ class OutputCounts:
         status = records.column("status")
         for item in pc.value_counts(status).to_pylist():
             self.statuses[item["values"]] += item["counts"]
-        failed = pc.filter(records.column("error_type"), pc.equal(status, "error"))
+        failed = pc.filter(records.column("error_type"), pc.equal(status, scalar("error")))
         for item in pc.value_counts(failed).to_pylist():
             self.errors_by_type[item["values"]] += item["counts"]
         self.prompt_tokens += pc.sum(records.column("prompt_tokens")).as_py() or 0
         self.completion_tokens += pc.sum(records.column("completion_tokens")).as_py() or 0
-        self.truncated += pc.sum(pc.equal(records.column("finish_reason"), "length")).as_py() or 0
+        truncated = pc.equal(records.column("finish_reason"), scalar("length"))
+        self.truncated += pc.sum(truncated).as_py() or 0
 
 
 class OutputWriter:

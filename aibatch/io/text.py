@@ -19,6 +19,7 @@ from typing import IO, Any
 import pyarrow as pa
 
 from ..errors import InputError, shown
+from ..jobs.arrays import strings
 from .raw import READ_ERRORS, RawPass, bom_encoding, is_utf8, undecodable_hint
 from .sources import Batch, FileSource
 
@@ -246,7 +247,7 @@ class CsvSource(TextSource):
 
 def _string_batch(names: list[str], rows: list[list[str]]) -> pa.RecordBatch:
     columns = zip(*rows, strict=True) if rows else [() for _ in names]
-    return pa.record_batch([pa.array(col, type=pa.string()) for col in columns], names=names)
+    return pa.record_batch([strings(col) for col in columns], names=names)
 
 
 class _DuplicateKey(Exception):
@@ -367,6 +368,6 @@ def _json_text(value: Any) -> str | None:
 
 def _json_batch(names: list[str], records: list[dict[str, Any]]) -> pa.RecordBatch:
     return pa.record_batch(
-        [pa.array([_json_text(r.get(name)) for r in records], type=pa.string()) for name in names],
+        [strings([_json_text(r.get(name)) for r in records]) for name in names],
         names=names,
     )
