@@ -76,19 +76,27 @@ def scalar(value: str | float, arrow_type: pa.DataType | None = None) -> pa.Scal
 
 
 def to_numpy(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """The values of a fixed-width numeric array without nulls, as a read-only NumPy view.
+    """The values of a numeric or boolean array without nulls, as NumPy values.
+
+    Numbers are a read-only view of the array's buffer; booleans (one bit each in
+    Arrow) are unpacked into a new array.
 
     Raises:
-        ValueError: the array has nulls, or its type is not a fixed-width number.
+        ValueError: the array has nulls, or its type is neither a fixed-width number
+            nor boolean.
     """
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks() if array.num_chunks != 1 else array.chunk(0)
-    dtype = _dtype(array.type)
+    boolean = pa.types.is_boolean(array.type)
+    dtype = np.bool_ if boolean else _dtype(array.type)
     if array.null_count:
         raise ValueError(f"{array.null_count} nulls in an array asked for as NumPy values")
     data = array.buffers()[1]
-    if data is None:  # an empty array may have no buffer
+    if data is None or not len(array):  # an empty array may have no buffer
         return np.empty(0, dtype)
+    if boolean:
+        bits = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")
+        return bits[array.offset : array.offset + len(array)].astype(bool)
     return np.frombuffer(data, dtype, count=len(array), offset=array.offset * dtype().itemsize)
 
 

@@ -50,6 +50,12 @@ def test_to_numpy_reads_a_slice_from_its_offset():
     assert values.tolist() == [3, 4, 5, 6]
 
 
+def test_to_numpy_unpacks_booleans_from_their_offset():
+    flags = pc.equal(numbers(list(range(20)), pa.int64()), scalar(11, pa.int64())).slice(9, 4)
+
+    assert to_numpy(flags).tolist() == [False, False, True, False]
+
+
 def test_to_numpy_joins_the_chunks_of_a_chunked_array():
     chunked = pa.chunked_array([numbers([1, 2], pa.int64()), numbers([3], pa.int64())])
 
@@ -76,7 +82,8 @@ def test_building_and_reading_arrays_imports_no_pandas():
         "import sys, numpy as np, pyarrow as pa, pyarrow.compute as pc\n"
         "from aibatch.jobs.arrays import from_numpy, numbers, scalar, strings, to_numpy\n"
         "s = strings(['ok', None]); n = numbers([1, None], pa.int64())\n"
-        "pc.equal(s, scalar('ok')); to_numpy(from_numpy(np.arange(3), pa.int64()))\n"
+        "pc.equal(s, scalar('ok')); to_numpy(n.is_valid())\n"
+        "to_numpy(from_numpy(np.arange(3), pa.int64()))\n"
         "t = pa.Table.from_arrays([s, n], names=['s', 'n'])\n"
         "t.take(from_numpy(np.arange(1), pa.int64()))\n"
         "print('pandas' in sys.modules)\n"
