@@ -18,8 +18,15 @@ naming it, and its rows are sent again. Never is a damaged row trusted.
 Each stored row carries its *row key*, a hash of the row id and the request, and the
 *request hash*, a hash of the request alone. A re-run reuses a stored row when the same
 id asks the same request again; with dedupe on, also when any stored row answered the
-same request. The in-memory index holds only fixed-size numbers per row (about 25
-bytes), so resuming a job of millions of rows stays small.
+same request.
+
+Nothing of the stored parts is held in memory between steps: :meth:`Checkpoint.plan`
+reads them one at a time and matches each stored row against the row of the input it
+was stored for (its ``row``), which is where a re-run of the same input finds it. Only
+when rows are left unmatched and some stored rows matched no row where they were
+stored (the input was reordered or edited) does it read the parts a second time, to
+look those rows up by key and by request. A plan costs about 10 bytes per input row
+besides the scan's keys, whatever the size of the checkpoint.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import os
 import re
 import shutil
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +49,7 @@ import pyarrow.compute as pc
 from ..errors import CheckpointError, OutputError
 from ..files import DIR_MODE, FILE_MODE, atomic_write
 from ..types import ChatRequest, RowResult, RowStatus
+from .arrays import scalar, to_numpy
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +60,12 @@ __all__ = [
     "SKIP",
     "Checkpoint",
     "Plan",
+    "PromptHasher",
     "checkpoint_dir",
+    "positional_row_keys",
     "request_hash",
     "row_key",
+    "row_keys",
 ]
 
 RECORD_SCHEMA = pa.schema(
@@ -93,8 +104,12 @@ def _digest(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
-def request_hash(request: ChatRequest, service: str) -> int:
-    """A 64-bit hash of what a request asks: service, model, messages, images, options."""
+def _encode(parts: Iterable[str]) -> bytes:
+    """Hashed text: each part as ``<length>:<part>``, so no two lists encode alike."""
+    return "".join(f"{len(p)}:{p}" for p in parts).encode("utf-8", "surrogatepass")
+
+
+def _request_parts(request: ChatRequest, service: str) -> list[str]:
     parts = [service, request.model]
     for message in request.messages:
         parts += (message.role, message.content)
@@ -103,12 +118,87 @@ def request_hash(request: ChatRequest, service: str) -> int:
     parts += [f"{k}={v!r}" for k, v in request.options]
     if request.schema is not None:  # (so rows without one hash as they always did)
         parts += ["schema", request.schema, request.json_mode]
-    return _digest("".join(f"{len(p)}:{p}" for p in parts).encode("utf-8", "surrogatepass"))
+    return parts
+
+
+def request_hash(request: ChatRequest, service: str) -> int:
+    """A 64-bit hash of what a request asks: service, model, messages, images, options."""
+    return _digest(_encode(_request_parts(request, service)))
 
 
 def row_key(row_id: str, request: int) -> int:
     """A 64-bit hash of a row id together with its request hash."""
     return _digest(f"{len(row_id)}:{row_id}:{request}".encode("utf-8", "surrogatepass"))
+
+
+_NO_HASH = bytes(8)  # a skipped row's request hash and row key
+
+
+class PromptHasher:
+    """:func:`request_hash` of many requests that differ only in their last message's text.
+
+    The hash's text before and after that message's text is encoded once, so that each
+    prompt costs one encoding and one BLAKE2b call and no :class:`ChatRequest`; the
+    values are the very ones :func:`request_hash` gives the whole requests.
+
+    Args:
+        like: one such request (its last message's text is not used); no images.
+        service: as for :func:`request_hash`.
+    """
+
+    def __init__(self, like: ChatRequest, service: str) -> None:
+        if not like.messages or like.has_images:
+            raise ValueError("a request with messages and no images is needed")
+        parts = _request_parts(like, service)
+        at = 2 * len(like.messages) + 1  # the last message's text: service, model, roles...
+        self._prefix = _encode(parts[:at])
+        self._suffix = _encode(parts[at + 1 :])
+
+    def hashes(self, prompts: Sequence[str | None]) -> np.ndarray:
+        """Each prompt's request hash (``uint64``); 0 for ``None`` (a skipped row)."""
+        prefix, suffix, blake = self._prefix, self._suffix, hashlib.blake2b
+        digests = b"".join(
+            [
+                _NO_HASH
+                if p is None
+                else blake(
+                    prefix + f"{len(p)}:{p}".encode("utf-8", "surrogatepass") + suffix,
+                    digest_size=8,
+                ).digest()
+                for p in prompts
+            ]
+        )
+        return np.frombuffer(digests, "<u8").astype(np.uint64)
+
+
+def row_keys(ids: Sequence[str], hashes: np.ndarray) -> np.ndarray:
+    """:func:`row_key` of each id with its request hash, as ``uint64``."""
+    blake = hashlib.blake2b
+    digests = b"".join(
+        [
+            blake(f"{len(i)}:{i}:{h}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
+            for i, h in zip(ids, hashes.tolist(), strict=True)
+        ]
+    )
+    return np.frombuffer(digests, "<u8").astype(np.uint64)
+
+
+def positional_row_keys(first: int, hashes: np.ndarray) -> np.ndarray:
+    """:func:`row_keys` of the ids ``str(first)``, ``str(first + 1)``... (no id column)."""
+    blake = hashlib.blake2b
+    values = hashes.tolist()
+    pieces: list[bytes] = []
+    start, end = first, first + len(values)
+    while start < end:  # ids of one digit count at a time: their length is one prefix
+        digits = len(str(start))
+        stop = min(end, 10**digits)
+        head = b"%d:" % digits
+        pieces += [
+            blake(b"%b%d:%d" % (head, i, h), digest_size=8).digest()
+            for i, h in enumerate(values[start - first : stop - first], start)
+        ]
+        start = stop
+    return np.frombuffer(b"".join(pieces), "<u8").astype(np.uint64)
 
 
 def checkpoint_dir(output: Path) -> Path:
@@ -182,9 +272,10 @@ class Plan:
 
 
 class Checkpoint:
-    """The checkpoint folder of one output: lock, stored parts, resume index.
+    """The checkpoint folder of one output: lock, stored parts, resume plans.
 
-    Use as a context manager; entering takes the lock and loads the index.
+    Use as a context manager; entering takes the lock and lists the stored parts, which
+    :meth:`plan` then reads (or :attr:`stored_rows`, when asked first).
 
     Args:
         directory: the checkpoint folder (see :func:`checkpoint_dir`).
@@ -203,21 +294,18 @@ class Checkpoint:
         # Parts by load order; a stored row's location names its part by this index, not
         # by the number in the part's name (two files could carry one number).
         self._paths: list[Path] = []
+        self._listed: list[Path] = []  # parts found on entering, not read yet
+        self._stored: list[int] | None = None  # their indexes once read, damaged ones left out
+        self._stored_rows = 0
         self._cache: OrderedDict[int, pa.Table] = OrderedDict()
-        self._keys = np.empty(0, np.uint64)
-        self._key_locs = np.empty(0, np.int64)
-        self._key_ok = np.empty(0, bool)
-        self._ok_hashes = np.empty(0, np.uint64)
-        self._ok_hash_locs = np.empty(0, np.int64)
-        self.stored_rows = 0
 
     def __repr__(self) -> str:
-        return f"Checkpoint({str(self.directory)!r}, stored_rows={self.stored_rows})"
+        return f"Checkpoint({str(self.directory)!r}, stored_rows={self._stored_rows})"
 
     def __enter__(self) -> Checkpoint:
         if self.read_only:
             if not self.restart and self.parts_dir.is_dir():
-                self._load()
+                self._list()
             return self
         try:
             self.directory.mkdir(mode=DIR_MODE, exist_ok=True)
@@ -231,7 +319,7 @@ class Checkpoint:
             if self.restart:
                 shutil.rmtree(self.parts_dir)
                 self.parts_dir.mkdir(mode=DIR_MODE)
-            self._load()
+            self._list()
         except BaseException:
             self.close()
             raise
@@ -262,8 +350,7 @@ class Checkpoint:
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
 
-    def _load(self) -> None:
-        keys, hashes, locs, oks = [], [], [], []
+    def _list(self) -> None:
         for path in sorted(self.parts_dir.iterdir()):
             if path.name.endswith(".tmp"):
                 if not self.read_only:
@@ -272,46 +359,52 @@ class Checkpoint:
             name = _PART_NAME.fullmatch(path.name)
             if name is None:
                 continue
-            number = int(name["number"])
-            self._next_part = max(self._next_part, number + 1)
-            try:
-                table = _read_part(path, columns=["row_key", "request_hash", "status"])
-            except DamagedPart as exc:
-                if self.read_only:
-                    continue  # its rows count as rows to send
-                aside = path.with_name(f"{path.name}.damaged")
-                log.warning(
-                    "checkpoint part %s is damaged (%s); set aside as %s, its rows will be"
-                    " sent again",
-                    path,
-                    exc,
-                    aside.name,
-                )
-                path.rename(aside)
-                continue
-            index = len(self._paths)
-            self._paths.append(path)
-            n = table.num_rows
-            keys.append(table.column("row_key").to_numpy())
-            hashes.append(table.column("request_hash").to_numpy())
-            oks.append(pc.equal(table.column("status"), "ok").to_numpy(zero_copy_only=False))
-            locs.append((np.int64(index) << _OFFSET_BITS) + np.arange(n, dtype=np.int64))
-        if not keys:
+            self._next_part = max(self._next_part, int(name["number"]) + 1)
+            self._listed.append(path)
+
+    @property
+    def stored_rows(self) -> int:
+        """Rows in the sound parts stored before this run (the first ask reads them)."""
+        if self._stored is None:
+            for _ in self._stored_parts():
+                pass
+        return self._stored_rows
+
+    def _stored_parts(self) -> Iterator[_Records]:
+        """The key columns of each part stored before this run, checked, in load order.
+
+        The first time, a damaged part is set aside (with a warning naming it) and left
+        out; later, one found damaged since is a :class:`CheckpointError`.
+        """
+        if self._stored is not None:
+            for index in self._stored:
+                yield _Records.of(self._read(index, _PLAN_COLUMNS), index)
             return
-        key = np.concatenate(keys)
-        req = np.concatenate(hashes)
-        loc = np.concatenate(locs)
-        ok = np.concatenate(oks)
-        self.stored_rows = len(key)
-        # Per row key keep the best record: ok before failed, then the newest.
-        order = np.lexsort((loc, ok, key))
-        last = np.ones(len(order), bool)
-        last[:-1] = key[order][1:] != key[order][:-1]
-        best = order[last]
-        self._keys, self._key_locs, self._key_ok = key[best], loc[best], ok[best]
-        ok_order = np.argsort(req[ok], kind="stable")
-        self._ok_hashes = req[ok][ok_order]
-        self._ok_hash_locs = loc[ok][ok_order]
+        stored: list[int] = []
+        for path in self._listed:
+            try:
+                table = _read_part(path, columns=_PLAN_COLUMNS)
+                index = len(self._paths)
+                records = _Records.of(table, index)
+            except DamagedPart as exc:
+                if not self.read_only:
+                    self._set_aside(path, exc)
+                continue
+            self._paths.append(path)
+            stored.append(index)
+            self._stored_rows += len(records.keys)
+            yield records
+        self._listed, self._stored = [], stored
+
+    def _set_aside(self, path: Path, exc: DamagedPart) -> None:
+        aside = path.with_name(f"{path.name}.damaged")
+        log.warning(
+            "checkpoint part %s is damaged (%s); set aside as %s, its rows will be sent again",
+            path,
+            exc,
+            aside.name,
+        )
+        path.rename(aside)
 
     def plan(
         self,
@@ -322,32 +415,75 @@ class Checkpoint:
         dedupe: bool = True,
         retry_failed: bool = True,
     ) -> Plan:
-        """Decide for each row: reuse a stored answer, copy another row's, skip, or send."""
+        """Decide for each row: reuse a stored answer, copy another row's, skip, or send.
+
+        A row reuses the stored row of the same key (ok before failed, then the newest);
+        with ``dedupe``, a row left to send also takes the answer of any stored ok row or
+        row of this run that asks the same request, and identical rows left to send
+        point at the first of them, which alone is sent.
+        """
         n = len(row_keys)
         loc = np.full(n, SEND, np.int64)
         loc[skipped] = SKIP
+        live = ~np.asarray(skipped, bool)
+        ok_at = np.zeros(n, bool)  # the row's location is an ok stored row
+        strays = 0  # usable stored rows that are not the row they were stored for
+        for records in self._stored_parts():
+            usable = records.ok if retry_failed else np.ones(len(records.ok), bool)
+            rows = records.rows
+            inside = (rows >= 0) & (rows < n)
+            at = np.where(inside, rows, 0)
+            hit = inside & usable
+            if n:
+                hit &= (row_keys[at] == records.keys) & live[at]
+            _assign(loc, ok_at, at[hit], records.locs[hit], records.ok[hit])
+            strays += int(np.count_nonzero(usable & ~hit))
+        if strays and np.any((loc == SEND) & live):
+            self._match_moved(
+                loc, ok_at, row_keys, request_hashes, live, dedupe=dedupe, retry_failed=retry_failed
+            )
         plan = Plan(loc, skipped=int(np.count_nonzero(skipped)))
-        live = ~skipped
-        if len(self._keys):
-            found, where = _lookup(self._keys, row_keys)
-            reuse = found & live & (self._key_ok[where] | (not retry_failed))
-            loc[reuse] = self._key_locs[where[reuse]]
         if dedupe:
-            if len(self._ok_hashes):
-                found, where = _lookup(self._ok_hashes, request_hashes)
-                same = found & (loc == SEND)
-                loc[same] = self._ok_hash_locs[where[same]]
-            pending = np.flatnonzero(loc == SEND)
-            if len(pending):
-                _, first, inverse = np.unique(
-                    request_hashes[pending], return_index=True, return_inverse=True
-                )
-                primary = pending[first[inverse]]
-                dup = primary != pending
-                loc[pending[dup]] = DUPLICATE - primary[dup]
-                plan.deduped = int(np.count_nonzero(dup))
+            plan.deduped = _share(loc, ok_at, request_hashes, live)
         plan.reused = int(np.count_nonzero(loc >= 0))
         return plan
+
+    def _match_moved(
+        self,
+        loc: np.ndarray,
+        ok_at: np.ndarray,
+        row_keys: np.ndarray,
+        request_hashes: np.ndarray,
+        live: np.ndarray,
+        *,
+        dedupe: bool,
+        retry_failed: bool,
+    ) -> None:
+        """Look the rows left to send up by key, and by request, in the parts read again.
+
+        For stored rows that are not where the input has them now: memory in proportion
+        to the rows left to send, never to the rows stored.
+        """
+        pending = np.flatnonzero((loc == SEND) & live)
+        by_key = pending[np.argsort(row_keys[pending])]
+        keys = row_keys[by_key]
+        values, inverse = np.unique(request_hashes[pending], return_inverse=True)
+        shared = np.full(len(values) if dedupe else 0, SEND, np.int64)  # first ok answer
+        for records in self._stored_parts():
+            usable = records.ok if retry_failed else np.ones(len(records.ok), bool)
+            where = _find(keys, records.keys)
+            hit = usable & (where >= 0)
+            _assign(loc, ok_at, by_key[where[hit]], records.locs[hit], records.ok[hit])
+            if dedupe:
+                where = _find(values, records.hashes)
+                hit = records.ok & (where >= 0) & (shared[where] == SEND)
+                found, first = np.unique(where[hit], return_index=True)  # the oldest
+                shared[found] = records.locs[hit][first]
+        if dedupe:
+            answer = shared[inverse]
+            take = (loc[pending] == SEND) & (answer >= 0)
+            loc[pending[take]] = answer[take]
+            ok_at[pending[take]] = True
 
     def write_part(self, results: Sequence[RowResult]) -> np.ndarray:
         """Store finished rows durably; return their locations.
@@ -405,21 +541,137 @@ class Checkpoint:
     def _part(self, index: int) -> pa.Table:
         table = self._cache.get(index)
         if table is None:
-            path = self._paths[index]
-            try:
-                table = _read_part(path, columns=RECORD_SCHEMA.names)
-            except DamagedPart as exc:
-                raise CheckpointError(
-                    f"checkpoint part {path} was damaged while this run used it ({exc});"
-                    " nothing was written: run the same command again, the part will be set"
-                    " aside and its rows sent again"
-                ) from exc
+            table = self._read(index, RECORD_SCHEMA.names)
             self._cache[index] = table
             if len(self._cache) > _PART_CACHE:
                 self._cache.popitem(last=False)
         else:
             self._cache.move_to_end(index)
         return table
+
+    def _read(self, index: int, columns: list[str]) -> pa.Table:
+        """Columns of a part this run already found sound.
+
+        Raises:
+            CheckpointError: the part is damaged now.
+        """
+        path = self._paths[index]
+        try:
+            return _read_part(path, columns=columns)
+        except DamagedPart as exc:
+            raise CheckpointError(
+                f"checkpoint part {path} was damaged while this run used it ({exc});"
+                " nothing was written: run the same command again, the part will be set"
+                " aside and its rows sent again"
+            ) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class _Records:
+    """What a plan needs of one part's rows, in the order they were stored."""
+
+    keys: np.ndarray  # row_key
+    hashes: np.ndarray  # request_hash
+    rows: np.ndarray  # the row each was stored for
+    ok: np.ndarray  # status "ok"
+    locs: np.ndarray  # their locations
+
+    @classmethod
+    def of(cls, table: pa.Table, index: int) -> _Records:
+        """Raises DamagedPart: a key column holds nulls."""
+        try:
+            keys, hashes, rows = (
+                to_numpy(table.column(n)) for n in ("row_key", "request_hash", "row")
+            )
+        except ValueError as exc:
+            raise DamagedPart(str(exc)) from exc
+        status = table.column("status")
+        ok = pc.and_kleene(pc.equal(status, scalar(RowStatus.OK.value)), pc.is_valid(status))
+        flags = pc.cast(ok, pa.uint8())
+        n = len(keys)
+        locs = (np.int64(index) << _OFFSET_BITS) + np.arange(n, dtype=np.int64)
+        return cls(keys, hashes, rows, to_numpy(flags).astype(bool), locs)
+
+
+_PLAN_COLUMNS = ["row_key", "request_hash", "row", "status"]
+
+
+def _find(sorted_values: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """For each of ``values``: its position in (non-empty) ``sorted_values``, or -1."""
+    where = np.minimum(np.searchsorted(sorted_values, values), len(sorted_values) - 1)
+    return np.where(sorted_values[where] == values, where, -1)
+
+
+def _newest(rows: np.ndarray, locs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Of stored rows (oldest first) for the same row, the newest."""
+    if len(rows) < 2:
+        return rows, locs
+    last = len(rows) - 1 - np.unique(rows[::-1], return_index=True)[1]
+    return rows[last], locs[last]
+
+
+def _assign(
+    loc: np.ndarray, ok_at: np.ndarray, rows: np.ndarray, locs: np.ndarray, ok: np.ndarray
+) -> None:
+    """Point ``rows`` at the stored rows at ``locs`` (oldest first) unless they have better.
+
+    An ok stored row is better than a failed one; of two alike, the newer one.
+    """
+    failed = ~ok
+    if failed.any():
+        these, where = _newest(rows[failed], locs[failed])
+        free = ~ok_at[these]
+        loc[these[free]] = where[free]
+    if ok.any():
+        these, where = _newest(rows[ok], locs[ok])
+        loc[these] = where
+        ok_at[these] = True
+
+
+_CHUNK = 1 << 20  # rows looked at a time where a whole-input temporary would be large
+
+
+def _share(loc: np.ndarray, ok_at: np.ndarray, hashes: np.ndarray, live: np.ndarray) -> int:
+    """Rows left to send that ask what another row asks share its answer.
+
+    A row that has an ok stored answer gives it to the others; else the first of them
+    to send is sent and the rest are marked :data:`DUPLICATE` of it. Return how many.
+    Only the rows whose request is asked more than once are gathered: a whole-input
+    temporary is one sorted copy of the hashes.
+    """
+    if not np.any(loc == SEND):
+        return 0
+    values = hashes[live]
+    values.sort()
+    repeated = np.unique(values[1:][values[1:] == values[:-1]])
+    del values
+    if not len(repeated):
+        return 0
+    rows = np.concatenate(
+        [
+            np.flatnonzero((_find(repeated, hashes[s : s + _CHUNK]) >= 0) & live[s : s + _CHUNK])
+            + s
+            for s in range(0, len(hashes), _CHUNK)
+        ]
+    )
+    rows = rows[np.argsort(hashes[rows], kind="stable")]  # by request, then by row
+    asked = hashes[rows]
+    first = np.ones(len(rows), bool)
+    first[1:] = asked[1:] != asked[:-1]
+    starts = np.flatnonzero(first)
+    group = np.cumsum(first) - 1
+    here = loc[rows]
+    waiting = here == SEND
+    position = np.arange(len(rows))
+    none = len(rows)
+    donor = np.minimum.reduceat(np.where(ok_at[rows], position, none), starts)[group]
+    primary = np.minimum.reduceat(np.where(waiting, position, none), starts)[group]
+    copy = waiting & (donor < none)
+    loc[rows[copy]] = here[donor[copy]]
+    ok_at[rows[copy]] = True
+    duplicate = waiting & (donor == none) & (position != primary)
+    loc[rows[duplicate]] = DUPLICATE - rows[primary[duplicate]]
+    return int(np.count_nonzero(duplicate))
 
 
 _NOT_SENT = pa.Table.from_pylist(  # what take() gives for SKIP, then for SEND
@@ -472,10 +724,3 @@ def _read_part(path: Path, columns: list[str]) -> pa.Table:
     if not table.schema.remove_metadata().equals(PART_SCHEMA):
         raise DamagedPart(f"its columns are not a checkpoint part's: {table.schema.names}")
     return table.select(columns)
-
-
-def _lookup(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each of ``keys``: whether it is in (non-empty) ``sorted_keys``, and where."""
-    where = np.searchsorted(sorted_keys, keys)
-    where = np.minimum(where, len(sorted_keys) - 1)
-    return sorted_keys[where] == keys, where

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tracemalloc
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,9 +25,12 @@ from aibatch.jobs.checkpoint import (
     SKIP,
     Checkpoint,
     Plan,
+    PromptHasher,
     checkpoint_dir,
+    positional_row_keys,
     request_hash,
     row_key,
+    row_keys,
 )
 from aibatch.types import ChatRequest, Message, RowResult, RowStatus
 
@@ -342,6 +346,57 @@ def test_dedupe_off_sends_identical_requests_of_one_run_each(folder):
 
     assert plan.loc.tolist() == [SEND, SEND]
     assert plan.deduped == 0
+
+
+def test_a_row_whose_answer_was_shared_in_the_last_run_shares_it_again(folder):
+    # The last run sent row 0 and wrote row 2 as its duplicate: only row 0 was stored.
+    store(folder, [finished(0, "0", "q0"), finished(1, "1", "q1")])
+
+    with Checkpoint(folder) as checkpoint:
+        plan = plan_for(checkpoint, [("0", "q0"), ("1", "q1"), ("2", "q0")])
+
+    assert plan.loc[2] == plan.loc[0] >= 0
+    assert (plan.to_send, plan.reused, plan.deduped) == (0, 3, 0)
+
+
+def test_rows_stored_at_other_positions_are_found_by_their_key(folder):
+    store(folder, [finished(0, "a", "qa"), finished(1, "b", "qb")], [finished(2, "c", "qc")])
+
+    with Checkpoint(folder) as checkpoint:
+        plan = plan_for(checkpoint, [("c", "qc"), ("x", "qx"), ("a", "qa"), ("b", "qb")])
+        table = checkpoint.take(plan.loc)
+
+    assert plan.loc[1] == SEND
+    assert column(table, "response") == ["answer to qc", None, "answer to qa", "answer to qb"]
+
+
+def test_a_row_moved_since_its_failure_is_sent_again_and_its_ok_answer_kept(folder):
+    store(folder, [finished(0, "a", "qa", ok=False)], [finished(3, "b", "qb")])
+
+    with Checkpoint(folder) as checkpoint:
+        plan = plan_for(checkpoint, [("b", "qb"), ("a", "qa")])
+
+    assert plan.loc[1] == SEND
+    assert checkpoint.take(plan.loc[:1]).column("response").to_pylist() == ["answer to qb"]
+
+
+def test_a_plan_holds_one_stored_part_at_a_time(folder):
+    answer = "x" * 20_000
+    parts = [[finished(i, str(i), f"q{i}", response=answer)] for i in range(40)]
+    store(folder, *parts)
+    rows: Rows = [(str(i), f"q{i}") for i in range(40)]
+    keys = keyed(rows)
+
+    tracemalloc.start()
+    try:
+        with Checkpoint(folder) as checkpoint:
+            plan = checkpoint.plan(*keys)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    assert plan.reused == 40
+    assert peak < 10 * len(answer)  # the 40 parts hold 40 times the answer
 
 
 # skipped rows
@@ -700,6 +755,75 @@ def test_row_key_differs_by_id_and_by_request():
 
 def test_request_hash_accepts_text_with_lone_surrogates():
     assert request_hash(ask("bad \udc80 byte"), SERVICE) != request_hash(ask("bad"), SERVICE)
+
+
+PROMPTS = [
+    "Hello",
+    "",
+    " ",
+    "naïve café, 東京, emoji 🎉 and a combining é",
+    'line one\nline two\ttab, "quotes", {braces}',
+    "bad \udc80 byte",
+    "x" * 5000,
+]
+
+
+@pytest.mark.parametrize(
+    "like",
+    [
+        ask(""),
+        ChatRequest(messages=(Message("system", "Be brief."), Message("user", "")), model=MODEL),
+        ChatRequest(
+            messages=(Message("system", "Réponds en français 🇫🇷"), Message("user", "")),
+            model="other-model",
+            options=(("max_tokens", 50), ("temperature", 0.2)),
+        ),
+        ChatRequest(
+            messages=(Message("user", ""),),
+            model=MODEL,
+            schema='{"type": "object"}',
+            json_mode="object",
+        ),
+    ],
+    ids=["plain", "system", "options", "schema"],
+)
+def test_prompt_hashes_equal_the_hashes_of_whole_requests(like):
+    whole = [
+        request_hash(
+            ChatRequest(**{**_fields(like), "messages": (*like.messages[:-1], Message("user", p))}),
+            SERVICE,
+        )
+        for p in PROMPTS
+    ]
+
+    fast = PromptHasher(like, SERVICE).hashes([*PROMPTS, None])
+
+    assert fast.tolist() == [*whole, 0]
+
+
+def _fields(request: ChatRequest) -> dict[str, object]:
+    return {
+        name: getattr(request, name)
+        for name in ("messages", "model", "options", "schema", "json_mode")
+    }
+
+
+def test_row_keys_of_ids_equal_row_key_of_each():
+    ids = ["0", "42", "id with spaces", "ünïcødé", "", "a:b:c"]
+    hashes = np.array([request_hash(ask(i), SERVICE) for i in ids], np.uint64)
+
+    assert row_keys(ids, hashes).tolist() == [
+        row_key(i, int(h)) for i, h in zip(ids, hashes, strict=True)
+    ]
+
+
+def test_positional_row_keys_equal_row_key_of_each_position_across_digit_counts():
+    first = 95
+    hashes = np.arange(2**64 - 20, 2**64, dtype=np.uint64)
+
+    keys = positional_row_keys(first, hashes)
+
+    assert keys.tolist() == [row_key(str(first + i), int(h)) for i, h in enumerate(hashes)]
 
 
 # write failures
