@@ -58,11 +58,12 @@ from ..providers.base import AsyncGeneratorProvider
 from ..types import ChatRequest, Completion, RowResult, RowStatus
 from .batch import BatchSend
 from .concurrency import AdaptiveLimit
+from .latency import Latencies
 from .prompts import PromptBuilder
 from .ratelimit import RateLimiter
 from .retry import call_with_retries
 from .streams import receive, send
-from .summary import Summary, percentile
+from .summary import Summary
 from .writer import Writer
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,9 @@ class _Keys:
     row_keys: np.ndarray
     request_hashes: np.ndarray
     skipped: np.ndarray
+
+
+_NONE = np.empty(0, np.uint64)  # keys dropped once the plan is made
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +194,7 @@ class _Partition:
         self.uncosted = 0  # of them, those without a cost (no usage, or no price)
         self.requests = 0
         self.garbage_lines = 0
-        self.latencies: array[float] = array("d")
+        self.latencies = Latencies()
         self._reader_scope = anyio.CancelScope()
         self._senders: anyio.CancelScope | None = None
         self._read_error: InputError | None = None
@@ -215,6 +219,9 @@ class _Partition:
                 dedupe=self.spec.dedupe,
                 retry_failed=self.spec.retry_failed,
             )
+            if not self.spec.batch_api:  # (the Batch API's collector looks rows up by key)
+                # The send step needs the request hash of the rows it sends, and no more.
+                keys = _Keys(_NONE, keys.request_hashes if plan.to_send else _NONE, _NONE)
             self.keys = keys
             summary = Summary(
                 input=self.source.name,
@@ -256,9 +263,8 @@ class _Partition:
             summary.cost_usd, summary.cost_note = self._cost_usd(), self._cost_note()
             summary.max_cost = self.spec.max_cost
             summary.token_requests = self.provider.stats.get("token_requests", 0)
-            ordered = sorted(self.latencies)
-            summary.latency_p50_ms = percentile(ordered, 50)
-            summary.latency_p95_ms = percentile(ordered, 95)
+            summary.latency_p50_ms = self.latencies.percentile(50)
+            summary.latency_p95_ms = self.latencies.percentile(95)
             stopped = self.stop is not None and self.stop.is_set()
             summary.batch_pending = self.batch_pending
             if not plan.complete() and self.batch_pending and not stopped:
@@ -277,34 +283,29 @@ class _Partition:
     # 1. scan
 
     def _scan(self) -> _Keys:
+        # Grown in place (a large array grows by remapping its pages, not by copying).
         row_keys, hashes, skipped = array("Q"), array("Q"), bytearray()
         id_hashes = array("Q")
         service, builder = self.service, self.builder
         for batch in self.source.batches():
-            ids = builder.ids(batch)
-            for row_id, request in zip(ids, builder.requests(batch), strict=True):
-                if request is None:
-                    row_keys.append(0)
-                    hashes.append(0)
-                    skipped.append(1)
-                else:
-                    h = request_hash(request, service)
-                    row_keys.append(row_key(row_id, h))
-                    hashes.append(h)
-                    skipped.append(0)
-            if self.spec.id_column:
-                id_hashes.extend(row_key(row_id, 0) for row_id in ids)
+            keys = builder.keys(batch, service)
+            row_keys.frombytes(keys.row_keys.tobytes())
+            hashes.frombytes(keys.request_hashes.tobytes())
+            skipped += keys.skipped.tobytes()
+            if keys.id_hashes is not None:
+                id_hashes.frombytes(keys.id_hashes.tobytes())
         if self.spec.id_column:
             self._check_unique_ids(np.frombuffer(id_hashes, np.uint64))
+        del id_hashes
         return _Keys(
             np.frombuffer(row_keys, np.uint64),
             np.frombuffer(hashes, np.uint64),
-            np.frombuffer(bytes(skipped), np.uint8).astype(bool),
+            np.frombuffer(skipped, bool),
         )
 
     def _check_unique_ids(self, id_hashes: np.ndarray) -> None:
-        values, counts = np.unique(id_hashes, return_counts=True)
-        repeated = set(values[counts > 1].tolist())
+        id_hashes.sort()  # in place: no copy of a hash per row
+        repeated = set(id_hashes[1:][id_hashes[1:] == id_hashes[:-1]].tolist())
         if not repeated:
             return
         names: list[str] = []
@@ -325,6 +326,8 @@ class _Partition:
 
     async def _send(self, plan: Plan, checkpoint: Checkpoint) -> None:
         workers = min(self.spec.concurrency, plan.to_send)
+        if self.adaptive is not None:  # near the end, a refused level is not tried again
+            self.adaptive.expect(plan.to_send)
         jobs_in, jobs_out = anyio.create_memory_object_stream[_Job](workers)
         results_in, results_out = anyio.create_memory_object_stream[RowResult](workers)
         writer = Writer(checkpoint, plan, self._stored)
@@ -409,6 +412,7 @@ class _Partition:
         if batch.start + batch.data.num_rows > len(plan.loc):
             raise InputChanged(self.source.name, "it has more rows than when it was first read")
         requests = self.builder.requests(batch, load_images=True, only=rows.tolist(), texts=texts)
+        ids = self.builder.ids(batch)
         keys, service = self.keys, self.service
         jobs = []
         for index in rows.tolist():
@@ -419,7 +423,7 @@ class _Partition:
                 raise InputChanged(
                     self.source.name, f"row {batch.first_row + index} is not what it was"
                 )
-            jobs.append(_Job(row, int(keys.row_keys[row]), expected, request))
+            jobs.append(_Job(row, row_key(ids[index], expected), expected, request))
         return jobs
 
     async def _work(

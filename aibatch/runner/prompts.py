@@ -16,17 +16,39 @@ import dataclasses
 import json
 import string
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ..errors import InputChanged, InputError, UsageError, shown
 from ..io.images import read_image
 from ..io.inputs import Batch
+from ..jobs.checkpoint import PromptHasher, positional_row_keys, request_hash, row_keys
 from ..jobs.spec import JobSpec
 from ..providers.helpers import to_text
 from ..types import ChatRequest, Image, Message
 
-__all__ = ["PromptBuilder", "parse_template"]
+__all__ = ["BatchKeys", "PromptBuilder", "parse_template"]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchKeys:
+    """The keys of a batch's rows, as the checkpoint knows them (``uint64``).
+
+    Attributes:
+        row_keys: each row's :func:`~aibatch.jobs.checkpoint.row_key`; 0 when skipped.
+        request_hashes: each row's :func:`~aibatch.jobs.checkpoint.request_hash`; 0 when
+            skipped.
+        skipped: whether the row has nothing to ask.
+        id_hashes: with ``--id-column``, ``row_key(id, 0)`` of each row, to find repeats.
+    """
+
+    row_keys: np.ndarray
+    request_hashes: np.ndarray
+    skipped: np.ndarray
+    id_hashes: np.ndarray | None
 
 
 def parse_template(template: str) -> list[tuple[str, str | None]]:
@@ -85,6 +107,7 @@ class PromptBuilder:
         self.image_columns = spec.image_columns or ()
         source = Path(spec.input)
         self.folder = source if source.is_dir() else source.parent  # relative image paths
+        self._hashers: dict[str, PromptHasher] = {}
 
     def needed_columns(self) -> list[str]:
         """The input columns the job reads."""
@@ -137,6 +160,43 @@ class PromptBuilder:
                     self.path, f"row {row} has no id", line=line, column=self.spec.id_column
                 )
         return [str(v) for v in values]
+
+    def keys(self, batch: Batch, service: str) -> BatchKeys:
+        """The keys of each row of ``batch``: what the scan records of it.
+
+        When requests differ only in their prompt's text (no messages column, no
+        images), each is hashed from that text without building its request: the
+        values are the same.
+
+        Raises:
+            InputError: as :meth:`requests` and :meth:`ids` do.
+        """
+        ids = self.ids(batch) if self.spec.id_column else None
+        if self.spec.messages_column or self.image_columns:
+            requests = self.requests(batch)
+            skipped = np.array([r is None for r in requests], bool)
+            hashes = np.array(
+                [0 if r is None else request_hash(r, service) for r in requests], np.uint64
+            )
+        else:
+            prompts = self._prompts(batch)
+            skipped = np.array([p is None for p in prompts], bool)
+            hashes = self._hasher(service).hashes(prompts)
+        if ids is None:
+            keys = positional_row_keys(batch.first_row, hashes)
+            id_hashes = None
+        else:
+            keys = row_keys(ids, hashes)
+            id_hashes = row_keys(ids, np.zeros(len(ids), np.uint64))
+        keys[skipped] = 0
+        return BatchKeys(keys, hashes, skipped, id_hashes)
+
+    def _hasher(self, service: str) -> PromptHasher:
+        hasher = self._hashers.get(service)
+        if hasher is None:
+            like = self._request("")
+            hasher = self._hashers[service] = PromptHasher(like, service)
+        return hasher
 
     def requests(
         self,
@@ -202,24 +262,24 @@ class PromptBuilder:
     def _requests(self, batch: Batch) -> list[ChatRequest | None]:
         if self.spec.messages_column:
             return self._from_messages(batch)
+        return [None if p is None else self._request(p) for p in self._prompts(batch)]
+
+    def _request(self, prompt: str) -> ChatRequest:
+        return ChatRequest(
+            messages=(*self.system, Message("user", prompt)),
+            model=self.model,
+            options=self.options,
+            schema=self.schema,
+            json_mode=self.json_mode,
+        )
+
+    def _prompts(self, batch: Batch) -> list[str | None]:
+        """Each row's prompt text (its column, or the template filled); None if blank."""
         if self.template is not None:
             prompts = self._from_template(batch)
         else:
             prompts = self._texts(batch, self.spec.prompt_column)
-        model, system, options = self.model, self.system, self.options
-        schema, mode = self.schema, self.json_mode
-        return [
-            None
-            if not p or p.isspace()
-            else ChatRequest(
-                messages=(*system, Message("user", p)),
-                model=model,
-                options=options,
-                schema=schema,
-                json_mode=mode,
-            )
-            for p in prompts
-        ]
+        return [None if not p or p.isspace() else p for p in prompts]
 
     def _from_template(self, batch: Batch) -> list[str | None]:
         assert self.template is not None

@@ -473,3 +473,77 @@ def test_images_join_the_last_user_message_of_a_conversation(tmp_path: Any):
 
     assert request is not None
     assert [len(m.images) for m in request.messages] == [0, 0, 1]
+
+
+# keys: what the scan records of each row
+
+
+SERVICE = "aichatonline"
+SCHEMA = '{"type": "object", "properties": {"a": {"type": "string"}}}'
+VARIED = [
+    "Hello",
+    "",
+    "   ",
+    None,
+    "naïve café, 東京 and 🎉",
+    'quotes " and {braces} and a\nline break',
+    "x" * 3000,
+]
+
+
+def keyed_one_by_one(b: PromptBuilder, rows: Batch) -> tuple[list[int], list[int], list[bool]]:
+    """The keys as a row at a time: each request built whole, then hashed."""
+    from aibatch.jobs.checkpoint import request_hash, row_key
+
+    keys, hashes, skipped = [], [], []
+    for row_id, request in zip(b.ids(rows), b.requests(rows), strict=True):
+        skipped.append(request is None)
+        h = 0 if request is None else request_hash(request, SERVICE)
+        hashes.append(h)
+        keys.append(0 if request is None else row_key(row_id, h))
+    return keys, hashes, skipped
+
+
+@pytest.mark.parametrize(
+    ("options", "columns"),
+    [
+        ({}, {"prompt": VARIED}),
+        ({"system": "Réponds brièvement 🇫🇷"}, {"prompt": VARIED}),
+        ({"temperature": 0.3, "max_tokens": 20}, {"prompt": VARIED}),
+        ({"schema": SCHEMA}, {"prompt": VARIED}),
+        (
+            {"template": "Q: {q} / {lang}", "system": "S"},
+            {"q": VARIED, "lang": ["fr", None, " ", None, "日本語", "", "en"]},
+        ),
+        (
+            {"id_column": "id"},
+            {"prompt": VARIED, "id": ["a", "b", "ü", "d d", "5", "6:7", "🎉"]},
+        ),
+        (
+            {"messages_column": "chat", "system": "S"},
+            {"chat": [conversation(("user", t or "")) for t in VARIED]},
+        ),
+    ],
+    ids=["plain", "system", "options", "schema", "template", "id-column", "messages"],
+)
+def test_the_scans_keys_are_those_of_each_request_built_whole(options, columns):
+    b = builder(**options)
+    rows = batch(start=95, **columns)  # row ids 95 to 101 cross from two digits to three
+
+    keys = b.keys(rows, SERVICE)
+
+    expected_keys, expected_hashes, expected_skipped = keyed_one_by_one(b, rows)
+    assert keys.request_hashes.tolist() == expected_hashes
+    assert keys.row_keys.tolist() == expected_keys
+    assert keys.skipped.tolist() == expected_skipped
+    assert any(expected_skipped) and not all(expected_skipped)
+
+
+def test_the_scans_id_hashes_tell_repeated_ids():
+    b = builder(id_column="id")
+
+    keys = b.keys(batch(prompt=["a", "b", "c"], id=["x", "y", "x"]), SERVICE)
+
+    assert keys.id_hashes is not None
+    first, second, third = keys.id_hashes.tolist()
+    assert first == third != second
