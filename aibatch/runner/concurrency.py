@@ -28,11 +28,20 @@ refused connections, with no answer in between, longer than the limit was when t
 began cannot be congestion (nothing is being served at all): it is an outage. Its
 refusals stop lowering the limit, and once answers come back the limit doubles per
 window (slow start) up to where it stood before the outage.
+
+The end of a job: a refused request waits out the refusal's ``Retry-After`` before it is
+sent again, so a refusal in the job's last seconds holds the whole job back by that
+long, for one row. Told how many rows the job sends (:meth:`AdaptiveLimit.expect`), the
+limit does not try a refused level again once the rows left would all be answered, at
+the rate of the last window, within twice that wait: a higher level could no longer pay
+for it.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 
 from ..errors import ConnectionRefused, Overloaded, ProviderError, UsageError
 
@@ -41,6 +50,7 @@ log = logging.getLogger(__name__)
 __all__ = ["AdaptiveLimit"]
 
 _JUST_UNDER = 1e-6  # a limit this far under a level allows one request fewer
+START = 16  # requests in flight before anything is known
 
 
 class AdaptiveLimit:
@@ -52,6 +62,7 @@ class AdaptiveLimit:
         floor: never below this.
         decrease: the factor of a cut.
         max_hold: the longest wait, in windows, under a level refused again and again.
+        clock: seconds, for the rate of answers (tests pass a fake one).
 
     Raises:
         UsageError: bounds out of order, ``decrease`` not between 0 and 1, or
@@ -62,10 +73,11 @@ class AdaptiveLimit:
         self,
         ceiling: int,
         *,
-        start: int = 4,
+        start: int = START,
         floor: int = 1,
         decrease: float = 0.9,
         max_hold: int = 64,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 1 <= floor <= ceiling:
             raise UsageError("need 1 <= floor <= ceiling")
@@ -89,6 +101,12 @@ class AdaptiveLimit:
         self._refusals = 0  # connections refused since the last answer
         self._before_refusals = 0.0  # the limit when those refusals began
         self._outage = False
+        self._clock = clock
+        self._rows_left: int | None = None  # rows still to be answered, when told (expect)
+        self._wait: float | None = None  # the last refusal's Retry-After, seconds
+        self._rate: float | None = None  # answers per second over the last window
+        self._window_began = clock()
+        self._window_answers = 0
 
     def __repr__(self) -> str:
         return f"AdaptiveLimit(current={self.current}, ceiling={self.ceiling}, cuts={self.cuts})"
@@ -98,15 +116,20 @@ class AdaptiveLimit:
         """The limit now, a whole number of requests."""
         return max(self.floor, min(self.ceiling, int(self.limit)))
 
+    def expect(self, rows: int) -> None:
+        """The job will send ``rows`` rows: near its end, refused levels are not tried again."""
+        self._rows_left = rows
+
     def succeeded(self) -> int:
         """A request was answered; return the new limit."""
         self._heard()
         self._since_cut += 1
         self._calm += 1
+        self._count_answer()
         limit = self.limit + (1.0 if self.slow_start else 1.0 / self.limit)
         level = self._refused_level
         if level is not None:
-            if self._holding(level):  # wait just under the refused level
+            if self._holding(level) or self._ending():  # wait just under the refused level
                 limit = min(limit, max(self.limit, level - _JUST_UNDER))
             elif limit >= level + 1:  # answered at that level for a window: the service grew
                 self._refused_level, self._hold = None, 1
@@ -123,15 +146,20 @@ class AdaptiveLimit:
         """
         if isinstance(error, Overloaded):
             self._heard()
-            return self.congested(inflight)
+            return self.congested(inflight, error.retry_after)
         if isinstance(error, ConnectionRefused):
             return self.refused(inflight)
         if error.http_status is not None:
             self._heard()  # a 500 is a fault, but it says the service is up
         return self.current
 
-    def congested(self, inflight: int) -> int:
-        """The service was too busy for ``inflight`` requests at once; return the limit."""
+    def congested(self, inflight: int, retry_after: float | None = None) -> int:
+        """The service was too busy for ``inflight`` requests at once; return the limit.
+
+        ``retry_after`` is how long it asked the refused request to wait, if it said.
+        """
+        if retry_after is not None:
+            self._wait = retry_after
         self.slow_start = False
         level = self._refused_level
         if level is None or inflight < level:
@@ -172,6 +200,25 @@ class AdaptiveLimit:
             self._threshold = self._before_refusals
             self._refused_level, self._hold = None, 1
         return self.current
+
+    def _count_answer(self) -> None:
+        """Count an answer: the rows left, and the rate once per window."""
+        if self._rows_left is not None:
+            self._rows_left = max(0, self._rows_left - 1)
+        self._window_answers += 1
+        if self._window_answers >= self.current:
+            now = self._clock()
+            elapsed = now - self._window_began
+            if elapsed > 0:
+                self._rate = self._window_answers / elapsed
+            self._window_began, self._window_answers = now, 0
+
+    def _ending(self) -> bool:
+        """Whether the rows left would all be answered before a refusal's wait ran out twice."""
+        rows, rate, wait = self._rows_left, self._rate, self._wait
+        if rows is None or rate is None or wait is None:
+            return False
+        return rows < 2 * wait * rate
 
     def _holding(self, level: int) -> bool:
         """Whether the limit still waits under the refused ``level`` (windows of ``level - 1``)."""

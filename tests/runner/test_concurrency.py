@@ -65,12 +65,12 @@ def drive(limit: AdaptiveLimit, outcomes: Iterable[Outcome]) -> list[int]:
 # slow start
 
 
-def test_the_limit_starts_at_four_requests():
-    assert AdaptiveLimit(512).current == 4
+def test_the_limit_starts_at_sixteen_requests():
+    assert AdaptiveLimit(512).current == 16
 
 
 def test_slow_start_doubles_the_limit_with_every_window_of_clean_answers():
-    limits = drive(AdaptiveLimit(512), ok(4 + 8 + 16 + 32))
+    limits = drive(AdaptiveLimit(512, start=4), ok(4 + 8 + 16 + 32))
 
     assert limits == list(range(5, 65))
     # a window is as many answers as the limit allowed in flight
@@ -78,7 +78,7 @@ def test_slow_start_doubles_the_limit_with_every_window_of_clean_answers():
 
 
 def test_slow_start_stops_at_the_ceiling():
-    assert drive(AdaptiveLimit(6), ok(6)) == [5, 6, 6, 6, 6, 6]
+    assert drive(AdaptiveLimit(6, start=4), ok(6)) == [5, 6, 6, 6, 6, 6]
 
 
 # the cut
@@ -110,7 +110,7 @@ def test_the_first_429_cuts_even_before_any_answer():
 
 
 def test_a_cut_is_decrease_times_the_requests_in_flight():
-    limit = AdaptiveLimit(512)
+    limit = AdaptiveLimit(512, start=4)
     drive(limit, ok(28))
     assert limit.current == 32
 
@@ -321,7 +321,7 @@ def test_the_repr_shows_the_limit_the_ceiling_and_the_cuts():
 
 
 def test_a_scripted_run_of_slow_start_a_burst_of_429s_and_recovery():
-    limit = AdaptiveLimit(40)
+    limit = AdaptiveLimit(40, start=4)
     outcomes = [
         *ok(17),  # slow start: 4 -> 21
         throttled(21),  # the first 429: cut by the decrease factor, to 18
@@ -380,6 +380,79 @@ def test_against_a_fixed_capacity_the_level_above_it_is_tried_less_and_less_ofte
     history = simulate(capacity)
 
     assert sum(refused for _, refused in history[-200:]) <= 4  # one a window would be 200
+
+
+# the end of a job
+
+
+class Clock:
+    """Seconds that pass only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def held_under_13(limit: AdaptiveLimit, clock: Clock) -> list[int]:
+    """13 refused (Retry-After: 1 s), then answers at 240 a second; the limits after each."""
+    drive(limit, [busy(13, 429)])
+    limit.congested(13, retry_after=1.0)
+    limits = []
+    for _ in range(400):
+        clock.now += 1 / 240
+        limits.append(limit.succeeded())
+    return limits
+
+
+def test_a_refused_level_is_tried_again_in_the_middle_of_a_job():
+    clock = Clock()
+    limit = AdaptiveLimit(512, start=13, clock=clock)
+    limit.expect(10_000)
+
+    assert max(held_under_13(limit, clock)) >= 13
+
+
+def test_near_the_end_of_a_job_a_refused_level_is_not_tried_again():
+    clock = Clock()
+    limit = AdaptiveLimit(512, start=13, clock=clock)
+    # 400 rows left at 240 a second: answered within two waits of Retry-After (2 s)
+    limit.expect(401)
+
+    assert max(held_under_13(limit, clock)) == 12
+
+
+def simulate_job(capacity: int, rows: int, rtt: float = 0.05) -> list[tuple[int, int, int]]:
+    """A job of ``rows`` against ``capacity`` slots, Retry-After: 1 s, a round per ``rtt``.
+
+    The refusals come back first, each while one fewer is in flight; then the answers.
+    Returns ``(rows left, sent, refused)`` per round; a refused row goes back in the queue.
+    """
+    clock = Clock()
+    limit = AdaptiveLimit(512, clock=clock)
+    limit.expect(rows)
+    history = []
+    left = rows
+    while left and len(history) < 10_000:
+        sent = min(limit.current, left)
+        refused = max(0, sent - capacity)
+        for inflight in range(sent, sent - refused, -1):
+            limit.congested(inflight, retry_after=1.0)
+        for _ in range(sent - refused):
+            clock.now += rtt / (sent - refused)
+            limit.succeeded()
+        history.append((left, sent, refused))
+        left -= sent - refused
+    return history
+
+
+@pytest.mark.parametrize("rows", [3_000, 16_000])
+def test_a_job_against_a_fixed_capacity_is_not_refused_in_its_last_two_seconds(rows):
+    history = simulate_job(40, rows)
+
+    last_two_seconds = history[-int(2 / 0.05) :]
+    assert sum(refused for _, _, refused in last_two_seconds) == 0
 
 
 # the engine against the emulator: the issue's server, each status
