@@ -21,9 +21,11 @@ from .measure import (
 )
 from .report import num, ratio, table
 from .sections import (
+    ADAPTIVE_LIMIT,
     OVERLOAD_LIMIT,
     STARTUP,
     Plan,
+    adaptive_figures,
     overload_config,
     schema_configs,
     sdk_config,
@@ -133,6 +135,18 @@ def targets(bench: Bench, plan: Plan) -> str:
                 1.5,
                 at_least=False,
             )
+
+    for n in plan.adaptive_prompts:
+        auto, refused, best = adaptive_figures(bench, n)
+        where = f"429 above {ADAPTIVE_LIMIT} in flight, {n:,} prompts: -c auto"
+        add(f"{where} / best fixed -c (-c {best}) rows/s >= 0.9", auto, 0.9, at_least=True)
+        add(
+            f"{where}: requests answered 429 <= 2%",
+            refused,
+            0.02,
+            at_least=False,
+            shown=f"{refused * 100:.1f}%" if refused == refused else "n/a",
+        )
 
     for protocol, status in (("aichatonline", 503), ("anthropic", 529)):
         fixed, auto = (
