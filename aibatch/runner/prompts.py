@@ -327,6 +327,9 @@ class PromptBuilder:
     def _texts(self, batch: Batch, name: str) -> list[str | None]:
         """A column's cells as text: bytes decoded as UTF-8, lists and structs as JSON."""
         values = _column(batch, name)
+        index = batch.data.schema.get_field_index(name)
+        if index < 0 or str(batch.data.schema.field(index).type) in _TEXT_TYPES:
+            return values  # text already: no need to look at each value
         if all(v is None or isinstance(v, str) for v in values):
             return values
         out: list[str | None] = []
@@ -364,6 +367,7 @@ def _hint(name: str, columns: Sequence[str]) -> str:
     return f"; the header looks {kind}-separated: pass --delimiter {option}"
 
 
+_TEXT_TYPES = frozenset(["string", "large_string"])  # Arrow types whose values are str
 _DELIMITERS = {
     ";": ("semicolon", "';'"),
     "|": ("pipe", "'|'"),

@@ -80,3 +80,19 @@ def test_opening_an_output_removes_its_own_stale_temp_files_and_no_others(tmp_pa
 
     assert not own.exists()
     assert other.read_bytes() == b"being written"
+
+
+def test_only_columns_of_few_values_are_dictionary_encoded(tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("prompt\n" + "".join(f"question {i}\n" for i in range(50)), encoding="utf-8")
+    output = tmp_path / "out.parquet"
+
+    aibatch.run_file(source, output, emulate=True)
+
+    group = pq.ParquetFile(output).metadata.row_group(0)
+    encodings = {
+        group.column(i).path_in_schema: group.column(i).encodings for i in range(group.num_columns)
+    }
+    assert "RLE_DICTIONARY" in encodings["status"]
+    assert "RLE_DICTIONARY" not in encodings["response"]
+    assert "RLE_DICTIONARY" not in encodings["latency_ms"]
