@@ -23,10 +23,10 @@ same request.
 Nothing of the stored parts is held in memory between steps: :meth:`Checkpoint.plan`
 reads them one at a time and matches each stored row against the row of the input it
 was stored for (its ``row``), which is where a re-run of the same input finds it. Only
-when rows are left unmatched and some stored rows matched no row where they were
-stored (the input was reordered or edited) does it read the parts a second time, to
-look those rows up by key and by request. A plan costs about 10 bytes per input row
-besides the scan's keys, whatever the size of the checkpoint.
+the stored rows that are not there (the input was reordered or edited since) are kept,
+to be looked up by key and by request once every part is read. Planning a re-run of
+the same input costs about 10 bytes per input row besides the scan's keys, whatever
+the size of the checkpoint.
 """
 
 from __future__ import annotations
@@ -427,7 +427,7 @@ class Checkpoint:
         loc[skipped] = SKIP
         live = ~np.asarray(skipped, bool)
         ok_at = np.zeros(n, bool)  # the row's location is an ok stored row
-        strays = 0  # usable stored rows that are not the row they were stored for
+        strays: list[_Records] = []  # usable stored rows not at the row they were stored for
         for records in self._stored_parts():
             usable = records.ok if retry_failed else np.ones(len(records.ok), bool)
             rows = records.rows
@@ -437,53 +437,15 @@ class Checkpoint:
             if n:
                 hit &= (row_keys[at] == records.keys) & live[at]
             _assign(loc, ok_at, at[hit], records.locs[hit], records.ok[hit])
-            strays += int(np.count_nonzero(usable & ~hit))
-        if strays and np.any((loc == SEND) & live):
-            self._match_moved(
-                loc, ok_at, row_keys, request_hashes, live, dedupe=dedupe, retry_failed=retry_failed
-            )
+            if np.any(usable & ~hit):
+                strays.append(records.subset(usable & ~hit))
+        if strays:
+            _match_strays(loc, ok_at, row_keys, request_hashes, live, strays, dedupe=dedupe)
         plan = Plan(loc, skipped=int(np.count_nonzero(skipped)))
         if dedupe:
             plan.deduped = _share(loc, ok_at, request_hashes, live)
         plan.reused = int(np.count_nonzero(loc >= 0))
         return plan
-
-    def _match_moved(
-        self,
-        loc: np.ndarray,
-        ok_at: np.ndarray,
-        row_keys: np.ndarray,
-        request_hashes: np.ndarray,
-        live: np.ndarray,
-        *,
-        dedupe: bool,
-        retry_failed: bool,
-    ) -> None:
-        """Look the rows left to send up by key, and by request, in the parts read again.
-
-        For stored rows that are not where the input has them now: memory in proportion
-        to the rows left to send, never to the rows stored.
-        """
-        pending = np.flatnonzero((loc == SEND) & live)
-        by_key = pending[np.argsort(row_keys[pending])]
-        keys = row_keys[by_key]
-        values, inverse = np.unique(request_hashes[pending], return_inverse=True)
-        shared = np.full(len(values) if dedupe else 0, SEND, np.int64)  # first ok answer
-        for records in self._stored_parts():
-            usable = records.ok if retry_failed else np.ones(len(records.ok), bool)
-            where = _find(keys, records.keys)
-            hit = usable & (where >= 0)
-            _assign(loc, ok_at, by_key[where[hit]], records.locs[hit], records.ok[hit])
-            if dedupe:
-                where = _find(values, records.hashes)
-                hit = records.ok & (where >= 0) & (shared[where] == SEND)
-                found, first = np.unique(where[hit], return_index=True)  # the oldest
-                shared[found] = records.locs[hit][first]
-        if dedupe:
-            answer = shared[inverse]
-            take = (loc[pending] == SEND) & (answer >= 0)
-            loc[pending[take]] = answer[take]
-            ok_at[pending[take]] = True
 
     def write_part(self, results: Sequence[RowResult]) -> np.ndarray:
         """Store finished rows durably; return their locations.
@@ -576,6 +538,12 @@ class _Records:
     ok: np.ndarray  # status "ok"
     locs: np.ndarray  # their locations
 
+    def subset(self, chosen: np.ndarray) -> _Records:
+        """The rows at ``chosen`` (a mask), copied: the part's buffers are let go."""
+        return _Records(
+            self.keys[chosen], self.hashes[chosen], _NO_ROWS, self.ok[chosen], self.locs[chosen]
+        )
+
     @classmethod
     def of(cls, table: pa.Table, index: int) -> _Records:
         """Raises DamagedPart: a key column holds nulls."""
@@ -594,6 +562,58 @@ class _Records:
 
 
 _PLAN_COLUMNS = ["row_key", "request_hash", "row", "status"]
+_NO_ROWS = np.empty(0, np.int64)
+
+
+def _match_strays(
+    loc: np.ndarray,
+    ok_at: np.ndarray,
+    row_keys: np.ndarray,
+    request_hashes: np.ndarray,
+    live: np.ndarray,
+    strays: list[_Records],
+    *,
+    dedupe: bool,
+) -> None:
+    """Let rows take stored rows that are not where the input has them now.
+
+    Each row takes the best stored row of its key if it is better than its own (ok
+    before failed, then the newer: a later location); with ``dedupe``, a row left to
+    send takes the oldest ok stored row of its request. Memory goes with the stray
+    rows, and a chunk of the input at a time.
+    """
+    keys = np.concatenate([s.keys for s in strays])
+    hashes = np.concatenate([s.hashes for s in strays])
+    ok = np.concatenate([s.ok for s in strays])
+    locs = np.concatenate([s.locs for s in strays])
+    strays.clear()
+    order = np.lexsort((locs, ok, keys))  # the best of a key last: ok, then the newest
+    best = np.ones(len(order), bool)
+    best[:-1] = keys[order][1:] != keys[order][:-1]
+    chosen = order[best]
+    del order, best
+    best_keys, best_locs, best_ok = keys[chosen], locs[chosen], ok[chosen]
+    for s in range(0, len(loc), _CHUNK):
+        where = _find(best_keys, row_keys[s : s + _CHUNK])
+        rows = np.flatnonzero((where >= 0) & live[s : s + _CHUNK]) + s
+        where = where[rows - s]
+        new_loc, new_ok, old_loc, old_ok = best_locs[where], best_ok[where], loc[rows], ok_at[rows]
+        better = (old_loc < 0) | (new_ok & ~old_ok) | ((new_ok == old_ok) & (new_loc > old_loc))
+        loc[rows[better]] = new_loc[better]
+        ok_at[rows[better]] = new_ok[better]
+    if not dedupe or not ok.any():
+        return
+    hashes, locs = hashes[ok], locs[ok]
+    order = np.lexsort((locs, hashes))  # the oldest of a request first
+    first = np.ones(len(order), bool)
+    first[1:] = hashes[order][1:] != hashes[order][:-1]
+    answers, answer_locs = hashes[order[first]], locs[order[first]]
+    for s in range(0, len(loc), _CHUNK):
+        rows = np.flatnonzero(loc[s : s + _CHUNK] == SEND) + s
+        where = _find(answers, request_hashes[rows])
+        rows, where = rows[where >= 0], where[where >= 0]
+        loc[rows] = answer_locs[where]
+        ok_at[rows] = True
 
 
 def _find(sorted_values: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -636,15 +656,22 @@ def _share(loc: np.ndarray, ok_at: np.ndarray, hashes: np.ndarray, live: np.ndar
 
     A row that has an ok stored answer gives it to the others; else the first of them
     to send is sent and the rest are marked :data:`DUPLICATE` of it. Return how many.
-    Only the rows whose request is asked more than once are gathered: a whole-input
-    temporary is one sorted copy of the hashes.
+    Only the rows whose request is asked more than once are gathered, and those are
+    found a sixteenth of the hashes at a time (by their top bits): the largest
+    temporary is a sorted copy of a sixteenth of them.
     """
     if not np.any(loc == SEND):
         return 0
-    values = hashes[live]
-    values.sort()
-    repeated = np.unique(values[1:][values[1:] == values[:-1]])
-    del values
+    top = np.empty(len(hashes), np.uint8)
+    for s in range(0, len(hashes), _CHUNK):
+        top[s : s + _CHUNK] = hashes[s : s + _CHUNK] >> np.uint64(60)
+    found = []
+    for bucket in range(16):
+        values = hashes[(top == bucket) & live]
+        values.sort()
+        found.append(np.unique(values[1:][values[1:] == values[:-1]]))
+    del top, values
+    repeated = np.concatenate(found)  # sorted: the buckets go up by their top bits
     if not len(repeated):
         return 0
     rows = np.concatenate(

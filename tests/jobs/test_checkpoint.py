@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -852,3 +853,92 @@ def test_a_checkpoint_folder_that_cannot_be_made_is_an_output_error(tmp_path):
         Checkpoint(checkpoint_dir(blocker / "out.parquet")),
     ):
         pass
+
+
+# plans against a plain statement of the rules, on random checkpoints
+
+
+def record(row: int, row_id: str, prompt: str, ok: bool, tag: str) -> RowResult:
+    """A stored row whose answer (or error) is ``tag``, to tell which one a plan took."""
+    result = finished(row, row_id, prompt, ok=ok, response=tag)
+    if not ok:
+        result.error = tag
+    return result
+
+
+def expected_plan(
+    rows: Rows, stored: list[tuple[str, str, bool, str]], *, dedupe: bool, retry_failed: bool
+) -> list[object]:
+    """What each row should get, stated plainly: a stored tag, a set of fit tags, SKIP,
+    ("dup", row) or SEND. ``stored`` is (id, prompt, ok, tag), oldest first."""
+    out: list[object] = []
+    waiting: dict[str, int] = {}
+    for index, (row_id, prompt) in enumerate(rows):
+        if prompt is None:
+            out.append(SKIP)
+            continue
+        own = [s for s in stored if (s[0], s[1]) == (row_id, prompt)]
+        ok = [s for s in own if s[2]]
+        if ok or (own and not retry_failed):
+            out.append((ok or own)[-1][3])  # ok before failed, then the newest
+            continue
+        same = {s[3] for s in stored if s[1] == prompt and s[2]}
+        if dedupe and same:
+            out.append(same)  # any ok answer to the same request will do
+        elif dedupe and prompt in waiting:
+            out.append(("dup", waiting[prompt]))
+        else:
+            waiting.setdefault(prompt, index)
+            out.append(SEND)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize("dedupe", [True, False])
+@pytest.mark.parametrize("retry_failed", [True, False])
+def test_random_plans_follow_the_rules(tmp_path, seed, dedupe, retry_failed):
+    draw = random.Random(seed)
+    prompts = [f"q{i}" for i in range(12)]
+    ids = [f"id{i}" for i in range(40)]
+    rows: Rows = [
+        (row_id, None if draw.random() < 0.1 else draw.choice(prompts))
+        for row_id in draw.sample(ids, 30)
+    ]
+    stored: list[tuple[str, str, bool, str]] = []
+    folder = checkpoint_dir(tmp_path / f"out-{seed}.parquet")
+    with Checkpoint(folder) as checkpoint:
+        for run in range(draw.randint(1, 3)):
+            part = []
+            for _ in range(draw.randint(0, 25)):
+                at = draw.randrange(40)
+                row_id, prompt = rows[at] if at < len(rows) else (draw.choice(ids), None)
+                if prompt is None or draw.random() < 0.3:  # a row stored elsewhere
+                    row_id, prompt = draw.choice(ids), draw.choice(prompts)
+                    at = draw.randrange(40)
+                ok = draw.random() < 0.7
+                tag = f"run{run}-{len(part)}"
+                part.append(record(at, row_id, prompt, ok, tag))
+                stored.append((row_id, prompt, ok, tag))
+            if part:
+                checkpoint.write_part(part)
+
+    with Checkpoint(folder) as checkpoint:
+        plan = plan_for(checkpoint, rows, dedupe=dedupe, retry_failed=retry_failed)
+        taken = checkpoint.take(np.maximum(plan.loc, SEND)).to_pylist()
+
+    want = expected_plan(rows, stored, dedupe=dedupe, retry_failed=retry_failed)
+    got: list[object] = []
+    for index, (loc, want_one) in enumerate(zip(plan.loc.tolist(), want, strict=True)):
+        tag = taken[index]["response"] or taken[index]["error"]
+        if loc <= DUPLICATE:
+            got.append(("dup", DUPLICATE - loc))
+        elif loc < 0:
+            got.append(loc)
+        else:
+            got.append(tag if isinstance(want_one, (str, set)) else ("stored", tag))
+    wrong = [
+        (i, g, w)
+        for i, (g, w) in enumerate(zip(got, want, strict=True))
+        if not (g in w if isinstance(w, set) else g == w)
+    ]
+    assert not wrong
