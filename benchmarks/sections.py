@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .bigjob import bigjob
 from .measure import (
     AIBATCH,
     BASELINE,
@@ -891,4 +892,5 @@ SECTIONS: dict[str, Callable[[Bench, Plan], Section]] = {
     "anthropic": anthropic,
     "openai": openai,
     "schema": schema,
+    "bigjob": bigjob,
 }

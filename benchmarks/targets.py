@@ -7,6 +7,7 @@ line is computed from the runs this invocation made; a target whose runs were no
 
 from __future__ import annotations
 
+from .bigjob import bigjob_targets
 from .measure import (
     AIBATCH,
     BASELINE,
@@ -210,6 +211,8 @@ def targets(bench: Bench, plan: Plan) -> str:
         )
     else:
         rows.append([f"re-run of a finished {plan.resume_rows:,}-row job", "n/a", "n/a"])
+    for target, value, limit, shown in bigjob_targets(bench, plan):
+        add(target, value, limit, at_least=False, shown=shown if value == value else "n/a")
     return table(["target (for reference)", "measured (medians)", "met"], rows)
 
 
