@@ -137,9 +137,10 @@ _NO_HASH = bytes(8)  # a skipped row's request hash and row key
 class PromptHasher:
     """:func:`request_hash` of many requests that differ only in their last message's text.
 
-    The hash's text before and after that message's text is encoded once, so that each
-    prompt costs one encoding and one BLAKE2b call and no :class:`ChatRequest`; the
-    values are the very ones :func:`request_hash` gives the whole requests.
+    The hash's text before that message's text is hashed once, and each prompt's hash
+    goes on from a copy of that state (then the text after it, if any): one encoding
+    and no :class:`ChatRequest` per prompt. The values are the very ones
+    :func:`request_hash` gives the whole requests.
 
     Args:
         like: one such request (its last message's text is not used); no images.
@@ -151,54 +152,51 @@ class PromptHasher:
             raise ValueError("a request with messages and no images is needed")
         parts = _request_parts(like, service)
         at = 2 * len(like.messages) + 1  # the last message's text: service, model, roles...
-        self._prefix = _encode(parts[:at])
-        self._suffix = _encode(parts[at + 1 :])
+        self._before = hashlib.blake2b(_encode(parts[:at]), digest_size=8)
+        self._after = _encode(parts[at + 1 :])
 
     def hashes(self, prompts: Sequence[str | None]) -> np.ndarray:
         """Each prompt's request hash (``uint64``); 0 for ``None`` (a skipped row)."""
-        prefix, suffix, blake = self._prefix, self._suffix, hashlib.blake2b
-        digests = b"".join(
-            [
-                _NO_HASH
-                if p is None
-                else blake(
-                    prefix + f"{len(p)}:{p}".encode("utf-8", "surrogatepass") + suffix,
-                    digest_size=8,
-                ).digest()
-                for p in prompts
-            ]
-        )
-        return np.frombuffer(digests, "<u8").astype(np.uint64)
+        copy, after = self._before.copy, self._after
+        digests = []
+        for p in prompts:
+            if p is None:
+                digests.append(_NO_HASH)
+                continue
+            state = copy()
+            state.update(f"{len(p)}:{p}".encode("utf-8", "surrogatepass"))
+            if after:
+                state.update(after)
+            digests.append(state.digest())
+        return np.frombuffer(b"".join(digests), "<u8").astype(np.uint64)
 
 
 def row_keys(ids: Sequence[str], hashes: np.ndarray) -> np.ndarray:
     """:func:`row_key` of each id with its request hash, as ``uint64``."""
-    blake = hashlib.blake2b
-    digests = b"".join(
-        [
-            blake(f"{len(i)}:{i}:{h}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
-            for i, h in zip(ids, hashes.tolist(), strict=True)
-        ]
-    )
-    return np.frombuffer(digests, "<u8").astype(np.uint64)
+    copy = hashlib.blake2b(digest_size=8).copy  # (cheaper than a new one per row)
+    digests = []
+    for i, h in zip(ids, hashes.tolist(), strict=True):
+        state = copy()
+        state.update(f"{len(i)}:{i}:{h}".encode("utf-8", "surrogatepass"))
+        digests.append(state.digest())
+    return np.frombuffer(b"".join(digests), "<u8").astype(np.uint64)
 
 
 def positional_row_keys(first: int, hashes: np.ndarray) -> np.ndarray:
     """:func:`row_keys` of the ids ``str(first)``, ``str(first + 1)``... (no id column)."""
-    blake = hashlib.blake2b
     values = hashes.tolist()
-    pieces: list[bytes] = []
+    digests: list[bytes] = []
     start, end = first, first + len(values)
     while start < end:  # ids of one digit count at a time: their length is one prefix
         digits = len(str(start))
         stop = min(end, 10**digits)
-        head = b"%d:" % digits
-        pieces += [
-            blake(b"%b%d:%d" % (head, i, h), digest_size=8).digest()
-            for i, h in enumerate(values[start - first : stop - first], start)
-        ]
+        copy = hashlib.blake2b(b"%d:" % digits, digest_size=8).copy
+        for i, h in enumerate(values[start - first : stop - first], start):
+            state = copy()
+            state.update(b"%d:%d" % (i, h))
+            digests.append(state.digest())
         start = stop
-    return np.frombuffer(b"".join(pieces), "<u8").astype(np.uint64)
+    return np.frombuffer(b"".join(digests), "<u8").astype(np.uint64)
 
 
 def checkpoint_dir(output: Path) -> Path:
