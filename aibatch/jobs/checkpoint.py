@@ -544,7 +544,11 @@ class _Records:
 
     @classmethod
     def of(cls, table: pa.Table, index: int) -> _Records:
-        """Raises DamagedPart: a key column holds nulls."""
+        """The rows of a part's :data:`_PLAN_COLUMNS`, the part at ``index`` in load order.
+
+        Raises:
+            DamagedPart: a key column holds nulls.
+        """
         try:
             keys, hashes, rows = (
                 to_numpy(table.column(n)) for n in ("row_key", "request_hash", "row")
@@ -586,10 +590,11 @@ def _match_strays(
     locs = np.concatenate([s.locs for s in strays])
     strays.clear()
     order = np.lexsort((locs, ok, keys))  # the best of a key last: ok, then the newest
+    ordered = keys[order]
     best = np.ones(len(order), bool)
-    best[:-1] = keys[order][1:] != keys[order][:-1]
+    best[:-1] = ordered[1:] != ordered[:-1]
     chosen = order[best]
-    del order, best
+    del order, ordered, best
     best_keys, best_locs, best_ok = keys[chosen], locs[chosen], ok[chosen]
     for s in range(0, len(loc), _CHUNK):
         where = _find(best_keys, row_keys[s : s + _CHUNK])
@@ -603,9 +608,10 @@ def _match_strays(
         return
     hashes, locs = hashes[ok], locs[ok]
     order = np.lexsort((locs, hashes))  # the oldest of a request first
+    ordered = hashes[order]
     first = np.ones(len(order), bool)
-    first[1:] = hashes[order][1:] != hashes[order][:-1]
-    answers, answer_locs = hashes[order[first]], locs[order[first]]
+    first[1:] = ordered[1:] != ordered[:-1]
+    answers, answer_locs = ordered[first], locs[order[first]]
     for s in range(0, len(loc), _CHUNK):
         rows = np.flatnonzero(loc[s : s + _CHUNK] == SEND) + s
         where = _find(answers, request_hashes[rows])
