@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Iterator
@@ -244,6 +243,8 @@ def crash_report(exc: BaseException, *, verbose: int = 0) -> str:
     at, readable by the user alone (a traceback may quote a prompt or a path). With
     ``verbose >= 2``, or when the file cannot be written, the traceback comes first.
     """
+    import tempfile  # (and shutil, bz2, lzma): only for a crash, not at every start-up
+
     text = "".join(traceback.format_exception(exc))
     try:
         fd, where = tempfile.mkstemp(prefix="aibatch-crash-", suffix=".txt")
