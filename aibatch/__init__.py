@@ -17,6 +17,10 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 from .errors import (
     AibatchError,
+    BatchCancelled,
+    BatchesPending,
+    BatchExpired,
+    BatchFailed,
     BudgetReached,
     CheckpointError,
     ConnectionRefused,
@@ -46,6 +50,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AibatchError",
+    "BatchCancelled",
+    "BatchExpired",
+    "BatchFailed",
+    "BatchesPending",
     "BudgetReached",
     "CheckpointError",
     "ConnectionRefused",

@@ -414,8 +414,9 @@ def batches_command(output: str, cancel: bool, api_key_env: str | None, as_json:
     """List the provider batches of a --batch-api job, with their states and counts.
 
     OUTPUT is the job's output file. Batches not yet collected are asked about at their
-    provider; --cancel cancels those that have not ended (the next run of the job
-    collects what they finished and sends the rest again).
+    provider; --cancel cancels those that have not ended: the next run of the job
+    collects what they finished and stores the others as failed (BatchCancelled), which
+    the run after sends again. Exits 1 if a batch could not be asked about or cancelled.
     """
     import anyio
 
@@ -426,7 +427,7 @@ def batches_command(output: str, cancel: bool, api_key_env: str | None, as_json:
     )
     if as_json:
         click.echo(json.dumps([dataclasses.asdict(s) for s in states], indent=2))
-        return
+        sys.exit(EXIT_FAILED_ROWS if any(s.note for s in states) else EXIT_OK)
     click.echo(f"{'chunk':>6}  {'rows':>7}  {'state':<10}  {'status':<12}  {'done':>7}  "
                f"{'failed':>6}  batch")  # fmt: skip
     for s in states:
@@ -435,6 +436,8 @@ def batches_command(output: str, cancel: bool, api_key_env: str | None, as_json:
             f"{s.chunk:>6}  {s.rows:>7}  {s.state:<10}  {s.status or '-':<12}  {s.finished:>7}"
             f"  {s.failed:>6}  {s.batch_id or '-'}{note}"
         )
+    if any(s.note for s in states):
+        sys.exit(EXIT_FAILED_ROWS)
 
 
 _failed_rows = functools.partial(

@@ -183,7 +183,7 @@ def summary_text(summary: Summary) -> str:
         lines.append(f"errors: {kinds}")
     if s.cost_usd is None and s.cost_note:
         lines.append(f"cost: unknown ({s.cost_note.removeprefix('cost unknown: ')})")
-    elif s.cost_usd is not None and s.requests:
+    elif s.cost_usd is not None and (s.requests or s.sent):  # (sent: batches collected)
         lines.append(f"cost: {usd(s.cost_usd)} at {s.cost_note}")
     return "\n".join(lines)
 
@@ -200,7 +200,8 @@ def dry_run_text(source: str, found: Preview) -> str:
     lines = [
         f"{source}: {p.rows} rows, {p.skipped} with an empty prompt (skipped); nothing sent.",
         f"A run would send {p.to_send} rows{where}: {p.reused} answered in the checkpoint,"
-        f" {p.deduped} duplicates of another row.",
+        f" {p.deduped} duplicates of another row"
+        + (f", {p.in_batches} in batches at the provider." if p.in_batches else "."),
         f"Input tokens: {e.input_tokens[0]:,} to {e.input_tokens[1]:,} ({e.counted});"
         f" output tokens: {output}.",
     ]

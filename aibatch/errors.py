@@ -20,6 +20,7 @@ Every error aibatch raises on purpose is an :class:`AibatchError`::
     │   └── PermanentError    other 4xx: retrying cannot help
     │       ├── Unauthorized  the service refused the credentials: the run stops
     │       └── BatchCancelled  its batch was cancelled before it ran
+    ├── BatchesPending        run_frame: batches (--batch-api) not finished; call again
     ├── CheckpointError       lock held by another run, unreadable state
     ├── BudgetReached         --max-cost spent: stop starting requests (exit 3)
     └── OutputError           output not writable, column clash, disk full
@@ -40,6 +41,7 @@ __all__ = [
     "BatchCancelled",
     "BatchExpired",
     "BatchFailed",
+    "BatchesPending",
     "BudgetReached",
     "CheckpointError",
     "ConnectionRefused",
@@ -231,6 +233,21 @@ class BatchCancelled(PermanentError):
 
     Not retried in that run; a re-run sends it again, as it does every failed row.
     """
+
+
+class BatchesPending(AibatchError):
+    """The job's Batch API batches have not all ended: no output yet (``run_frame``).
+
+    Attributes:
+        rows: the rows in batches not ended.
+    """
+
+    def __init__(self, rows: int, output: str) -> None:
+        self.rows = rows
+        super().__init__(
+            f"{rows} rows are in provider batches not finished; call again later with"
+            f" output={output!r} to collect them"
+        )
 
 
 class CheckpointError(AibatchError):

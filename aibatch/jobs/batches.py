@@ -85,6 +85,8 @@ class Chunk:
         file_id: the uploaded file (OpenAI), once known.
         batch_id: the provider's batch, once known.
         status, finished, failed: what the provider said of it when last asked.
+        adopted: its batch was found by its size alone (Anthropic), not known to be
+            its own until its results name its requests.
     """
 
     number: int
@@ -101,6 +103,7 @@ class Chunk:
     status: str = ""
     finished: int = 0
     failed: int = 0
+    adopted: bool = False
 
     @property
     def name(self) -> str:
@@ -195,6 +198,45 @@ class Ledger:
             if _RECORD.fullmatch(path.name):
                 found.append(self._read(path))
         return found
+
+    def restore_orphans(self, **values: Any) -> list[Chunk]:
+        """Record again the chunks whose rows file has no record; return them.
+
+        A crash between writing a chunk's files and its record leaves them so, and so
+        does a record deleted by hand: the chunk may or may not be at the provider, so
+        it is recorded ``prepared`` again (``values``: where it goes), and the run looks
+        for its batch before submitting it. Without its requests file it cannot be
+        submitted: its files are removed and its rows sent in a new chunk.
+        """
+        if self.read_only or not self.directory.is_dir():
+            return []
+        recorded = {c.number for c in self.chunks()}
+        restored = []
+        for path in sorted(self.directory.glob("*.keys")):
+            if not re.fullmatch(r"\d{8}", path.stem) or int(path.stem) in recorded:
+                continue
+            number = int(path.stem)
+            data = path.read_bytes()
+            if not self.requests_path(number).is_file() or len(data) % KEYS_DTYPE.itemsize:
+                log.warning("chunk %d has rows but no record or requests: dropped", number)
+                for stale in (path, self.prompts_path(number), self.requests_path(number)):
+                    stale.unlink(missing_ok=True)
+                continue
+            log.warning(
+                "chunk %d has rows but no record: recorded again; its batch is looked for"
+                " at the provider before it is submitted",
+                number,
+            )
+            chunk = Chunk(
+                number=number,
+                state="prepared",
+                rows=len(data) // KEYS_DTYPE.itemsize,
+                prepared_at=path.stat().st_mtime,
+                keys_digest=_checksum(data),
+                **values,
+            )
+            restored.append(self._save(chunk))
+        return restored
 
     def open_chunks(self) -> list[Chunk]:
         """The chunks whose results are not stored yet."""

@@ -36,7 +36,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -52,6 +52,7 @@ from ..errors import (
     ProviderError,
     TransientError,
     Unauthorized,
+    UsageError,
 )
 from ..files import AtomicFile
 from ..io.inputs import Batch
@@ -66,7 +67,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BatchSend", "BatchState", "job_batches"]
+__all__ = [
+    "BatchSend",
+    "BatchState",
+    "check_no_batches",
+    "held_rows",
+    "job_batches",
+    "rows_in_batches",
+]
 
 #: the first wait between polls (seconds); each wait is 1.5 times the one before
 FIRST_POLL = 0.5
@@ -76,9 +84,10 @@ T = TypeVar("T")
 
 @dataclass(slots=True)
 class _Open:
-    """A chunk in flight and what the provider last said of it."""
+    """A chunk in flight, its rows, and what the provider last said of it."""
 
     chunk: Chunk
+    keys: np.ndarray
     info: BatchInfo | None = None
 
 
@@ -102,14 +111,11 @@ class BatchSend:
         self.ledger = Ledger(checkpoint.directory)
         self.size = min(self.spec.batch_size or self.client.max_requests, self.client.max_requests)
         self.open: list[_Open] = []
-        self.retry: dict[int, int] = {}  # row -> attempts made, for rows to send again
-        # rows waiting for the budget held by chunks in flight, and their attempts
-        self.deferred = np.empty(0, np.int64)
-        self.deferred_attempts: dict[int, int] = {}
-        self._settled = False  # a chunk was collected since the last build
+        self.attempts: dict[int, int] = {}  # row key -> attempts made, of rows to send again
         self.submitted = 0  # requests submitted by this run
         self.stored = 0  # rows this run stored
         self.job = ""
+        self._index: tuple[np.ndarray, np.ndarray] | None = None  # sorted row keys, rows
 
     async def run(self) -> int:
         """Send what the plan says to, wait as the job says; return the rows left pending.
@@ -118,54 +124,140 @@ class BatchSend:
             ProviderError: a Batch API call failed past its retries (what was recorded
                 is safe: the next run resumes).
             Unauthorized: the key was refused.
+            CheckpointError: the ledger is damaged, or its batches went elsewhere.
         """
-        spec = self.spec
-        if spec.restart:
+        if self.spec.restart:
             await anyio.to_thread.run_sync(self.ledger.reset)
         self.job = await anyio.to_thread.run_sync(self.ledger.job_id)
-        chunks = await anyio.to_thread.run_sync(self.ledger.open_chunks)
+        for chunk in await anyio.to_thread.run_sync(self._resumable):
+            keys = await anyio.to_thread.run_sync(self.ledger.keys, chunk)
+            self.open.append(_Open(chunk, keys))
+        budget = self.partition.budget
+        if budget is not None:
+            for item in self.open:
+                budget.hold(item.chunk.reserved, already=True)
+        if self.open:
+            rows = sum(item.chunk.rows for item in self.open)
+            log.info("%d batches of an earlier run are in flight (%d rows)", len(self.open), rows)
+        for item in list(self.open):  # recorded, maybe not submitted: find, else submit
+            if item.chunk.state != "submitted":
+                await self._submit(item, resumed=True)
+        await self._loop()
+        return self.pending()
+
+    def _resumable(self) -> list[Chunk]:
+        """The ledger's open chunks, once they are known to be this run's to collect."""
         provider = self.partition.provider
-        for chunk in chunks:
-            if (chunk.provider, chunk.base_url) != (provider.name, provider.base_url):
+        self.ledger.restore_orphans(
+            provider=provider.name, base_url=provider.base_url, model=self.partition.model
+        )
+        chunks = []
+        for chunk in self.ledger.open_chunks():
+            if (chunk.provider, chunk.base_url) == (provider.name, provider.base_url):
+                chunks.append(chunk)
+            elif self.spec.emulate and chunk.provider == provider.name:
+                # The built-in emulator of an earlier run is gone, and its batches with it.
+                log.warning(
+                    "%s was a batch of an earlier run's built-in emulator, gone with it;"
+                    " its rows are sent again",
+                    chunk.name,
+                )
+                self.ledger.collected(chunk)
+            else:
                 raise CheckpointError(
                     f"{chunk.name} of this job is a batch at {chunk.provider} {chunk.base_url},"
                     f" but this run sends to {provider.name} {provider.base_url}: run it with"
                     " that provider and --base-url to collect it (or --restart to forget it)"
                 )
-        in_flight = [await anyio.to_thread.run_sync(self.ledger.keys, c) for c in chunks]
-        self.open = [_Open(c) for c in chunks]
-        budget = self.partition.budget
-        if budget is not None:
-            for chunk in chunks:
-                budget.hold(chunk.reserved, already=True)
-        if chunks:
-            log.info(
-                "%d batches of an earlier run are in flight (%d rows)",
-                len(chunks),
-                sum(c.rows for c in chunks),
-            )
-        for item in list(self.open):  # recorded, maybe not submitted: find, else submit
-            if item.chunk.state != "submitted":
-                await self._submit(item, resumed=True)
-        send = self.plan.loc == SEND
-        if in_flight:
-            keys = self.partition.keys.row_keys
-            send &= ~np.isin(keys, np.concatenate([k["row_key"] for k in in_flight]))
-        await self._build(np.flatnonzero(send), {})
-        await self._wait()
-        return self.pending()
+        return chunks
 
     def pending(self) -> int:
         """Rows of this partition in batches not collected yet."""
         return sum(item.chunk.rows for item in self.open)
 
+    # the loop
+
+    async def _loop(self) -> None:
+        began = time.monotonic()
+        interval = FIRST_POLL
+        build = True  # rows to send may be in no chunk yet
+        while True:
+            if await self._poll():  # budget released, rows to retry: worth building again
+                build = True
+            if build and not self._closed():
+                build = False
+                await self._build(self._unsent())
+            self._progress()
+            if not self.open or self.spec.no_wait or self._stopped():
+                return
+            max_wait = self.spec.max_wait
+            if max_wait is not None and time.monotonic() - began >= max_wait:
+                log.warning(
+                    "stopped waiting after %g s (--max-wait); %d rows are still in batches:"
+                    " run the same command again to collect them",
+                    max_wait,
+                    self.pending(),
+                )
+                return
+            await self._sleep(interval)
+            interval = min(interval * 1.5, self.spec.poll_interval)
+
+    async def _poll(self) -> bool:
+        """Ask about each submitted batch once; collect those that ended. Any collected?"""
+        collected = False
+        for item in list(self.open):
+            if self._stopped():
+                break
+            if item.chunk.state != "submitted":
+                continue
+            batch_id = item.chunk.batch_id
+            assert batch_id is not None
+            info = await self._api(functools.partial(self.client.get, batch_id))
+            item.info = info
+            if (info.status, info.finished) != (item.chunk.status, item.chunk.finished):
+                item.chunk = await self._record(
+                    item.chunk,
+                    "submitted",
+                    status=info.status,
+                    finished=info.finished,
+                    failed=info.failed,
+                )
+            if info.ended:
+                await self._collect(item, info)
+                collected = True
+        return collected
+
+    def _unsent(self) -> np.ndarray:
+        """Rows to send that no open chunk holds."""
+        keys = self.partition.keys
+        chunks = [item.keys for item in self.open]
+        held = held_rows(keys.row_keys, keys.request_hashes, chunks, dedupe=self.spec.dedupe)
+        return np.flatnonzero((self.plan.loc == SEND) & ~held)
+
+    async def _sleep(self, seconds: float) -> None:
+        stop = self.partition.stop
+        if stop is None:
+            await anyio.sleep(seconds)
+            return
+        with anyio.move_on_after(seconds):
+            await stop.wait()
+
+    def _stopped(self) -> bool:
+        """Whether to stop (Ctrl-C): the batches go on at the provider."""
+        stop = self.partition.stop
+        return stop is not None and stop.is_set()
+
+    def _closed(self) -> bool:
+        """Whether to build no more chunks: stopped, or the budget reached."""
+        return self._stopped() or self.partition.budget_stopped
+
     # build
 
-    async def _build(self, rows: np.ndarray, attempts: dict[int, int]) -> None:
+    async def _build(self, rows: np.ndarray) -> None:
         """Write ``rows`` (sorted row numbers) into chunks and submit each as it fills.
 
-        Rows the budget cannot cover while other chunks hold some of it wait in
-        :attr:`deferred` for those chunks to settle.
+        Rows the budget cannot cover while chunks in flight hold some of it stay to
+        send: they are built once a chunk settles.
         """
         if not len(rows) or self._closed():
             return
@@ -174,29 +266,29 @@ class BatchSend:
             n = batch.data.num_rows
             lo, hi = np.searchsorted(rows, [batch.start, batch.start + n])
             for first in range(int(lo), int(hi), _STEP):
+                if self._stopped():  # Ctrl-C: submit nothing more
+                    writer.discard()
+                    return
                 part = rows[first : min(first + _STEP, int(hi))] - batch.start
-                lines = await anyio.to_thread.run_sync(self._lines, batch, part, attempts)
-                for index, line in enumerate(lines):
+                lines = await anyio.to_thread.run_sync(self._lines, batch, part)
+                for line in lines:
                     if line is None:  # the budget cannot cover it now
                         await self._finish(writer)
                         budget = self.partition.budget
                         if budget is not None and budget.reached:  # nothing held: no room
                             self.partition._budget_reached(budget.reached_error())
-                        else:  # room may come when the chunks in flight settle
-                            self.deferred = rows[first + index :]
-                            self.deferred_attempts = attempts
                         return
                     if writer.full(len(line.data)):
                         await self._finish(writer)
                         writer = _ChunkWriter(self, writer.number + 1)
+                        if self._stopped():
+                            return
                     await anyio.to_thread.run_sync(writer.add, line)
             if hi >= len(rows):
                 break
         await self._finish(writer)
 
-    def _lines(
-        self, batch: Batch, rows: np.ndarray, attempts: dict[int, int]
-    ) -> list[_Line | None]:
+    def _lines(self, batch: Batch, rows: np.ndarray) -> list[_Line | None]:
         """The request lines of ``batch``'s ``rows``, checked against the scan.
 
         ``None`` ends the list where the budget cannot cover a row.
@@ -219,7 +311,7 @@ class BatchSend:
                     job.row,
                     job.row_key,
                     job.request_hash,
-                    attempts.get(job.row, 0),
+                    self.attempts.get(job.row_key, 0),
                     data,
                     prompt.encode() + b"\n",
                     reserved,
@@ -229,10 +321,14 @@ class BatchSend:
 
     async def _finish(self, writer: _ChunkWriter) -> None:
         """Record the chunk ``writer`` built (if any row), then submit it."""
-        chunk = await anyio.to_thread.run_sync(writer.prepare)
-        if chunk is None:
+        if self._stopped():  # Ctrl-C while it was built: it was never recorded
+            await anyio.to_thread.run_sync(writer.discard)
             return
-        item = _Open(chunk)
+        prepared = await anyio.to_thread.run_sync(writer.prepare)
+        if prepared is None:
+            return
+        chunk, keys = prepared
+        item = _Open(chunk, keys)
         self.open.append(item)
         self.submitted += chunk.rows
         self.partition.requests += chunk.rows
@@ -243,13 +339,8 @@ class BatchSend:
     async def _submit(self, item: _Open, *, resumed: bool) -> None:
         """Take a recorded chunk to ``submitted``: upload, look for it, create."""
         chunk = item.chunk
-        if resumed or chunk.state == "uploaded":
-            found = await self._find(chunk)
-            if found is not None:
-                item.chunk = await self._record(chunk, "submitted", batch_id=found.id)
-                item.info = found
-                log.info("%s: found its batch %s at the provider", chunk.name, found.id)
-                return
+        if (resumed or chunk.state == "uploaded") and await self._adopt(item):
+            return
         path = self.ledger.requests_path(chunk.number)
         if self.client.uploads and chunk.state == "prepared":
             name = f"aibatch-{self.job}-{chunk.number:08d}.jsonl"
@@ -268,11 +359,9 @@ class BatchSend:
                 # No answer, or a 5xx: it may have been created. Look before trying again.
                 log.warning("%s: creating its batch failed (%s); checking", chunk.name, exc)
                 await anyio.sleep(self.spec.retry.backoff(1))
-                found = await self._find(chunk)
-                if found is not None:
-                    info = found
-                else:
-                    continue
+                if await self._adopt(item):
+                    return
+                continue
             item.chunk = await self._record(
                 chunk, "submitted", batch_id=info.id, status=info.status
             )
@@ -281,196 +370,158 @@ class BatchSend:
             return
         raise TransientError(f"{chunk.name}: its batch could not be created; run again")
 
-    async def _find(self, chunk: Chunk) -> BatchInfo | None:
-        """The provider's batch of ``chunk``, if one was created but not recorded."""
+    async def _adopt(self, item: _Open) -> bool:
+        """Record the provider's batch of ``item`` if one was created but not recorded."""
+        chunk = item.chunk
         since = chunk.prepared_at - 300.0  # clocks differ
         recent = await self._api(lambda: self.client.recent(since))
         if self.client.finds_by_metadata:
-            for info in recent:
-                if info.metadata.get("aibatch_job") == self.job and info.metadata.get(
-                    "aibatch_chunk"
-                ) == str(chunk.number):
-                    return info
-            return None
-        known = {c.batch_id for c in await anyio.to_thread.run_sync(self.ledger.chunks)}
-        candidates = [i for i in recent if i.total == chunk.rows and i.id not in known]
-        if len(candidates) == 1:
-            # Its results are matched by custom_id: a stranger's batch answers none of
-            # this chunk's rows, which are then sent again.
-            log.warning(
-                "%s: adopting batch %s (created since the chunk was recorded, with as many"
-                " requests); its results are checked against the chunk's rows",
-                chunk.name,
-                candidates[0].id,
-            )
-            return candidates[0]
-        if candidates:
-            log.warning(
-                "%s: %d batches at the provider could be this chunk's; submitting it anew",
-                chunk.name,
-                len(candidates),
-            )
-        return None
+            mine = {"aibatch_job": self.job, "aibatch_chunk": str(chunk.number)}
+            found = [i for i in recent if all(i.metadata.get(k) == v for k, v in mine.items())]
+        else:
+            known = {c.batch_id for c in await anyio.to_thread.run_sync(self.ledger.chunks)}
+            found = [i for i in recent if i.total == chunk.rows and i.id not in known]
+            if len(found) > 1:
+                log.warning(
+                    "%s: %d batches at the provider could be this chunk's; submitting it anew",
+                    chunk.name,
+                    len(found),
+                )
+                return False
+            if found:
+                # Its results are matched by custom_id: a stranger's batch answers none
+                # of this chunk's rows, which are then sent again (see _store).
+                log.warning(
+                    "%s: adopting batch %s (created since the chunk was recorded, with as"
+                    " many requests); its results are checked against the chunk's rows",
+                    chunk.name,
+                    found[0].id,
+                )
+        if not found:
+            return False
+        info = found[0]
+        item.chunk = await self._record(
+            chunk,
+            "submitted",
+            batch_id=info.id,
+            status=info.status,
+            adopted=not self.client.finds_by_metadata,
+        )
+        item.info = info
+        log.info("%s: found its batch %s at the provider", chunk.name, info.id)
+        return True
 
     async def _fail_chunk(self, item: _Open, exc: ProviderError) -> None:
         """The service refused the chunk: its rows fail (or retry) as one request would."""
         log.warning("%s: the provider refused the batch: %s", item.chunk.name, exc)
-        keys = await anyio.to_thread.run_sync(self.ledger.keys, item.chunk)
-        items = {custom_id(int(k["row_key"]), int(k["request_hash"])): exc for k in keys}
-        await self._store(item, keys, {cid: (None, e) for cid, e in items.items()})
-
-    # wait
-
-    async def _wait(self) -> None:
-        began = time.monotonic()
-        interval = FIRST_POLL
-        while True:
-            for item in list(self.open):
-                if item.chunk.state != "submitted":
-                    continue
-                batch_id = item.chunk.batch_id
-                assert batch_id is not None
-                info = await self._api(functools.partial(self.client.get, batch_id))
-                item.info = info
-                if (info.status, info.finished) != (item.chunk.status, item.chunk.finished):
-                    item.chunk = await self._record(
-                        item.chunk,
-                        "submitted",
-                        status=info.status,
-                        finished=info.finished,
-                        failed=info.failed,
-                    )
-                if info.ended:
-                    await self._collect(item, info)
-            if (self.retry or len(self.deferred)) and not self._closed() and self._settled:
-                self._settled = False
-                retry, self.retry = self.retry, {}
-                deferred, self.deferred = self.deferred, np.empty(0, np.int64)
-                attempts = {**self.deferred_attempts, **retry}
-                rows = np.union1d(deferred, np.array(sorted(retry), np.int64))
-                await self._build(rows, attempts)
-                continue
-            self._progress()
-            if not self.open or self.spec.no_wait or self._stopped():
-                return
-            max_wait = self.spec.max_wait
-            if max_wait is not None and time.monotonic() - began >= max_wait:
-                log.warning(
-                    "stopped waiting after %g s (--max-wait); %d rows are still in batches:"
-                    " run the same command again to collect them",
-                    max_wait,
-                    self.pending(),
-                )
-                return
-            await self._sleep(interval)
-            interval = min(interval * 1.5, self.spec.poll_interval)
-
-    async def _sleep(self, seconds: float) -> None:
-        stop = self.partition.stop
-        if stop is None:
-            await anyio.sleep(seconds)
-            return
-        with anyio.move_on_after(seconds):
-            await stop.wait()
-
-    def _stopped(self) -> bool:
-        """Whether to stop waiting (Ctrl-C): the batches go on at the provider."""
-        stop = self.partition.stop
-        return stop is not None and stop.is_set()
-
-    def _closed(self) -> bool:
-        """Whether to build no more chunks: stopped, or the budget reached."""
-        return self._stopped() or self.partition.budget_stopped
+        answers = {
+            custom_id(int(k["row_key"]), int(k["request_hash"])): (None, exc) for k in item.keys
+        }
+        await self._store(item, answers)
 
     # collect
 
     async def _collect(self, item: _Open, info: BatchInfo) -> None:
-        chunk = item.chunk
-        keys = await anyio.to_thread.run_sync(self.ledger.keys, chunk)
         answers: dict[str, tuple[Completion | None, ProviderError | None]] = {}
         if info.error is not None:
             failed = BatchFailed(f"the provider failed batch {info.id}: {info.error}")
-            for k in keys:
+            for k in item.keys:
                 answers[custom_id(int(k["row_key"]), int(k["request_hash"]))] = (None, failed)
         else:
-            async for result in self.client.results(info):
-                answers[result.custom_id] = (result.completion, result.error)
-        await self._store(item, keys, answers)
+
+            async def download() -> dict[str, tuple[Completion | None, ProviderError | None]]:
+                found = {}
+                async for result in self.client.results(info):
+                    found[result.custom_id] = (result.completion, result.error)
+                return found
+
+            answers = await self._api(download)  # a cut download is read again
+        ours = {custom_id(int(k["row_key"]), int(k["request_hash"])) for k in item.keys}
+        if item.chunk.adopted and not ours & answers.keys():
+            log.warning(
+                "%s: batch %s answered none of its requests: not this job's; its rows are"
+                " sent again",
+                item.chunk.name,
+                info.id,
+            )
+            await self._done(item)
+            return
+        await self._store(item, answers)
 
     async def _store(
         self,
         item: _Open,
-        keys: np.ndarray,
-        answers: dict[str, tuple[Completion | None, ProviderError | None]],
+        answers: Mapping[str, tuple[Completion | None, ProviderError | None]],
     ) -> None:
-        """Store the chunk's results, queue the rows to retry, mark it collected."""
-        partition, chunk = self.partition, item.chunk
+        """Store the chunk's results, send again the rows to retry, mark it collected."""
+        partition, chunk, keys = self.partition, item.chunk, item.keys
         prompts = await anyio.to_thread.run_sync(self._prompts, chunk)
-        row_keys = partition.keys.row_keys
+        rows = self._rows_of(keys["row_key"])  # where each row is in this run's input
+        others = [i.keys["row_key"] for i in self.open if i is not item]
+        # Rows another chunk holds were sent again already (this one was collected, but
+        # not recorded so, before a crash): that chunk's answer is theirs.
+        elsewhere = np.isin(keys["row_key"], np.concatenate(others)) if others else None
         loc = self.plan.loc
         now = time.time()
         results: list[RowResult] = []
-        retry: dict[int, int] = {}
+        retry: list[int] = []
         costs: list[float] = []
+        uncosted = False
         for index, k in enumerate(keys):
-            row, key, request = int(k["row"]), int(k["row_key"]), int(k["request_hash"])
+            key, request = int(k["row_key"]), int(k["request_hash"])
             attempt = int(k["attempt"]) + 1
-            mine = 0 <= row < len(row_keys) and int(row_keys[row]) == key
-            if mine and loc[row] >= 0:
-                continue  # stored already (a run that stopped before marking the chunk)
+            row = int(rows[index])
+            if (row >= 0 and loc[row] >= 0) or (elsewhere is not None and elsewhere[index]):
+                continue  # stored, or sent again, already (by a run that stopped after)
             completion, error = answers.get(custom_id(key, request), (None, None))
             if completion is None and error is None:
                 error = TransientError("the batch returned no result for this request")
             cost = None
             if completion is not None:
                 cost = partition._answered(completion)
-                if cost is not None:
+                if cost is None:
+                    uncosted = True
+                else:
                     costs.append(cost)
                 if partition.structured is not None:
                     try:
                         partition.structured.check(completion.text)
                     except InvalidOutput as exc:
                         completion, error = None, exc
-            # A row of this run's plan, still to send (an input rewritten since the
-            # chunk was made has other keys: its answers are stored, for a later run).
-            here = mine and loc[row] == SEND
             if (
                 error is not None
-                and here
+                and row >= 0
                 and _retryable(error)
                 and attempt < self.spec.retry.attempts
                 and not self._closed()
             ):
-                retry[row] = attempt
+                self.attempts[key] = attempt
+                retry.append(row)
                 continue
-            result = _row_result(row, key, request, prompts[index], attempt, chunk, now)
+            # A row no longer in the input (rewritten since) is stored all the same, at
+            # the row it was: a later run may use its answer.
+            where = row if row >= 0 else int(k["row"])
+            result = _row_result(where, key, request, prompts[index], attempt, chunk, now)
             _fill(result, completion, error)
             result.cost_usd = cost
             results.append(result)
             if result.latency_ms is not None:  # a batch's turnaround
                 partition.latencies.append(result.latency_ms)
-        locs = await anyio.to_thread.run_sync(self._write, results) if results else None
-        if locs is not None:
-            for result, where in zip(results, locs.tolist(), strict=True):
-                row = result.row
-                if (
-                    0 <= row < len(row_keys)
-                    and int(row_keys[row]) == result.row_key
-                    and loc[row] == SEND
-                ):
-                    loc[row] = where
+        if results:
+            locs = await anyio.to_thread.run_sync(self._write, results)
+            self._place(results, locs)
         budget = partition.budget
-        if budget is not None:
-            budget.release(chunk.reserved, math.fsum(costs))
+        if budget is not None:  # an answer without usage counts at its worst case
+            budget.release(chunk.reserved, chunk.reserved if uncosted else math.fsum(costs))
         self.stored += len(results)
         failed = sum(1 for r in results if r.status is RowStatus.ERROR)
         progress = partition.progress
         progress.failed += failed
         progress.ok += len(results) - failed
-        item.chunk = await anyio.to_thread.run_sync(self.ledger.collected, chunk)
-        self.open.remove(item)
-        self.retry.update(retry)
-        self._settled = True  # budget freed, or rows to retry: worth building again
+        # The rows to retry go into a new chunk before this one is marked collected: a
+        # crash in between finds them in flight, and never sends them a time too many.
+        await self._build(np.array(sorted(retry), np.int64))
+        await self._done(item)
         log.info(
             "%s: %d results stored (%d failed), %d to send again",
             chunk.name,
@@ -479,6 +530,48 @@ class BatchSend:
             len(retry),
         )
         self._progress()
+
+    async def _done(self, item: _Open) -> None:
+        item.chunk = await anyio.to_thread.run_sync(self.ledger.collected, item.chunk)
+        self.open.remove(item)
+
+    def _rows_of(self, row_keys: np.ndarray) -> np.ndarray:
+        """The row of this run's input with each row key, or -1."""
+        if self._index is None:
+            keys = self.partition.keys.row_keys
+            order = np.argsort(keys, kind="stable")
+            self._index = (keys[order], order)
+        ordered, order = self._index
+        if not len(ordered):
+            return np.full(len(row_keys), -1, np.int64)
+        where = np.minimum(np.searchsorted(ordered, row_keys), len(ordered) - 1)
+        return np.where(ordered[where] == row_keys, order[where], -1).astype(np.int64)
+
+    def _place(self, results: Sequence[RowResult], locs: np.ndarray) -> None:
+        """Record in the plan where the rows to send were stored.
+
+        A row whose row key matches takes its own answer; with dedupe, a row asking the
+        same request takes an ok answer too (as a re-run would find it).
+        """
+        loc = self.plan.loc
+        keys = self.partition.keys
+        result_keys = np.array([r.row_key for r in results], np.uint64)
+        rows = self._rows_of(result_keys)
+        own = (rows >= 0) & (loc[np.maximum(rows, 0)] == SEND)
+        loc[rows[own]] = locs[own]
+        if not self.spec.dedupe:
+            return
+        ok = np.array([r.status is RowStatus.OK for r in results], bool)
+        if not ok.any():
+            return
+        hashes = np.array([r.request_hash for r in results], np.uint64)[ok]
+        order = np.argsort(hashes, kind="stable")
+        hashes, ok_locs = hashes[order], locs[ok][order]
+        waiting = np.flatnonzero(loc == SEND)
+        asked = keys.request_hashes[waiting]
+        where = np.minimum(np.searchsorted(hashes, asked), len(hashes) - 1)
+        same = hashes[where] == asked
+        loc[waiting[same]] = ok_locs[where[same]]
 
     def _write(self, results: Sequence[RowResult]) -> np.ndarray:
         return self.checkpoint.write_part(results)
@@ -560,7 +653,14 @@ class _ChunkWriter:
         self.bytes += len(line.data)
         self.reserved += line.reserved
 
-    def prepare(self) -> Chunk | None:
+    def discard(self) -> None:
+        """Drop what was written: the chunk is never recorded."""
+        for atomic in (self._requests, self._prompts):
+            if atomic is not None:
+                atomic.discard()
+        self._requests = self._prompts = None
+
+    def prepare(self) -> tuple[Chunk, np.ndarray] | None:
         """Make the files durable and record the chunk; ``None`` when it has no row."""
         if self._requests is None or self._prompts is None:
             return None
@@ -575,7 +675,7 @@ class _ChunkWriter:
             base_url=partition.provider.base_url,
             model=partition.model,
         )
-        return self.send.ledger.prepare(chunk, keys)
+        return self.send.ledger.prepare(chunk, keys), keys
 
 
 def _refused(exc: ProviderError) -> bool:
@@ -620,6 +720,54 @@ def _fill(result: RowResult, completion: Completion | None, error: ProviderError
     result.http_status = error.http_status
     if isinstance(error, InvalidOutput):
         result.response = error.response
+
+
+def held_rows(
+    row_keys: np.ndarray, request_hashes: np.ndarray, chunks: list[np.ndarray], *, dedupe: bool
+) -> np.ndarray:
+    """Which rows the ``chunks`` in flight (their rows files) hold.
+
+    A row is held by its row key; with dedupe, also by its request: the answer to the
+    same request will do for it.
+    """
+    if not chunks:
+        return np.zeros(len(row_keys), bool)
+    held = np.concatenate(chunks)
+    found = np.isin(row_keys, held["row_key"])
+    if dedupe:
+        found |= np.isin(request_hashes, held["request_hash"])
+    return found
+
+
+def rows_in_batches(
+    directory: Path, row_keys: np.ndarray, request_hashes: np.ndarray, *, dedupe: bool
+) -> np.ndarray:
+    """Which rows the job's batches not collected yet hold (a dry run's view: read only)."""
+    ledger = Ledger(directory, read_only=True)
+    chunks = [ledger.keys(chunk) for chunk in ledger.open_chunks()]
+    return held_rows(row_keys, request_hashes, chunks, dedupe=dedupe)
+
+
+def check_no_batches(checkpoint: Checkpoint, *, restart: bool) -> None:
+    """Before a live run: refuse to send rows that batches of the job may hold.
+
+    With ``restart`` the ledger is forgotten, as the checkpoint is.
+
+    Raises:
+        UsageError: the job has batches not collected yet.
+    """
+    ledger = Ledger(checkpoint.directory)
+    if restart:
+        ledger.reset()
+        return
+    chunks = Ledger(checkpoint.directory, read_only=True).open_chunks()
+    if chunks:
+        raise UsageError(
+            f"{sum(c.rows for c in chunks)} rows of this job are in {len(chunks)} provider"
+            " batches not collected yet (--batch-api): run the same command with --batch-api"
+            " to collect them (cancel them first with `aibatch batches OUTPUT --cancel` to"
+            " send the rest live), or --restart to forget them"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ The local runner calls it once; a distributed driver calls it once per partition
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -56,7 +57,7 @@ from ..jobs.schema import StructuredOutput
 from ..jobs.spec import JobSpec
 from ..providers.base import AsyncGeneratorProvider
 from ..types import ChatRequest, Completion, RowResult, RowStatus
-from .batch import BatchSend
+from .batch import BatchSend, check_no_batches
 from .concurrency import AdaptiveLimit
 from .latency import Latencies
 from .prompts import PromptBuilder
@@ -253,6 +254,9 @@ class _Partition:
                 self.prices = await anyio.to_thread.run_sync(self._look_up_price)
                 self.batch_pending = await BatchSend(self, plan, checkpoint).run()
             elif plan.to_send:
+                await anyio.to_thread.run_sync(
+                    functools.partial(check_no_batches, checkpoint, restart=self.spec.restart)
+                )
                 self.prices = await anyio.to_thread.run_sync(self._look_up_price)
                 await self._send(plan, checkpoint)
             del self.keys

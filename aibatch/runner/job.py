@@ -22,7 +22,7 @@ from typing import Any
 import anyio
 import numpy as np
 
-from ..errors import Unauthorized, UsageError, plain_errors
+from ..errors import BatchesPending, Unauthorized, UsageError, plain_errors
 from ..io.inputs import InputSource, frame_source, open_input, spool_stdin
 from ..io.output import check_output, output_schema, read_frame
 from ..jobs.checkpoint import SEND, Checkpoint, checkpoint_dir, request_hash, row_key
@@ -30,6 +30,7 @@ from ..jobs.cost import Estimate, estimate, look_up_price, request_size
 from ..jobs.spec import JobSpec
 from ..providers import AsyncGeneratorProvider, get_provider
 from ..providers.faults import PROTOCOLS
+from .batch import rows_in_batches
 from .engine import ProgressCallback, run_partition
 from .prompts import PromptBuilder
 from .summary import Summary
@@ -272,12 +273,24 @@ def open_job_input(
 
 
 async def arun_frame_spec(frame: Any, spec: JobSpec) -> Any:
-    """Run a DataFrame as the job ``spec`` says (its ``output``, if any, keeps a checkpoint)."""
+    """Run a DataFrame as the job ``spec`` says (its ``output``, if any, keeps a checkpoint).
+
+    Raises:
+        BatchesPending: with ``batch_api``, batches have not all ended (``no_wait``,
+            ``max_wait``): call again later to collect them.
+    """
+    if spec.batch_api and spec.output is None and (spec.no_wait or spec.max_wait is not None):
+        raise UsageError(
+            "a DataFrame job that may leave batches running (batch_api with no_wait or"
+            " max_wait) needs output=: its batches are recorded beside it"
+        )
     with tempfile.TemporaryDirectory(prefix="aibatch-frame-") as scratch:
         output = spec.output or str(Path(scratch) / "frame.parquet")
         spec = spec.replace(output=output)
         source = frame_source(frame, batch_rows=spec.batch_rows, limit=spec.limit)
         summary = await arun_job(spec, source=source)
+        if summary.batch_pending and not summary.interrupted:
+            raise BatchesPending(summary.batch_pending, output)
         result = await anyio.to_thread.run_sync(read_frame, output, frame)
     result.attrs["aibatch"] = summary.to_dict()
     return result
@@ -298,6 +311,8 @@ class Preview:
         estimate: the tokens and cost of the rows to send.
         checkpoint_read: whether the checkpoint was read (not with the Dask engine,
             whose partitions keep their own).
+        in_batches: rows provider batches of an earlier run hold (``--batch-api``): a
+            run collects them, and sends them not again.
     """
 
     rows: int
@@ -308,6 +323,7 @@ class Preview:
     shown: list[tuple[int, str]]
     estimate: Estimate
     checkpoint_read: bool = True
+    in_batches: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The dry run as JSON-ready values (``--summary-json``)."""
@@ -318,6 +334,7 @@ class Preview:
             "to_send": self.to_send,
             "reused": self.reused,
             "deduped": self.deduped,
+            "in_batches": self.in_batches,
         }
         return {**counts, **self.estimate.to_dict()}
 
@@ -374,6 +391,17 @@ def preview(spec: JobSpec, count: int = 5) -> Preview:
             dedupe=spec.dedupe,
             retry_failed=spec.retry_failed,
         )
+    send = plan.loc == SEND
+    in_batches = 0
+    if local and not spec.restart:  # rows batches of an earlier run hold are not sent again
+        held = rows_in_batches(
+            checkpoint_dir(output),
+            np.frombuffer(keys, np.uint64),
+            np.frombuffer(hashes, np.uint64),
+            dedupe=spec.dedupe,
+        )
+        in_batches = int(np.count_nonzero(send & held))
+        send &= ~held
     lookup = look_up_price(
         model,
         input_price=spec.input_price,
@@ -383,7 +411,7 @@ def preview(spec: JobSpec, count: int = 5) -> Preview:
     if not provider_class.reports_usage:
         note = f"the {provider.name} provider reports no token usage: a run records no cost"
         lookup = dataclasses.replace(lookup, note=f"{lookup.note}; {note}")
-    rows = np.frombuffer(sizes, np.int64).reshape(-1, 4)[plan.loc == SEND]
+    rows = np.frombuffer(sizes, np.int64).reshape(-1, 4)[send]
     found = estimate(
         lookup,
         rows,
@@ -393,10 +421,11 @@ def preview(spec: JobSpec, count: int = 5) -> Preview:
     return Preview(
         rows=len(plan.loc),
         skipped=plan.skipped,
-        to_send=plan.to_send,
+        to_send=int(np.count_nonzero(send)),
         reused=plan.reused,
         deduped=plan.deduped,
         shown=shown,
         estimate=found,
         checkpoint_read=local,
+        in_batches=in_batches,
     )

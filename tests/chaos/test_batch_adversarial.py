@@ -6,9 +6,8 @@ create call answered with a 500 after the batch was made, a results download cut
 mid-way, results for strangers' custom ids, answers without usage), a small proxy
 (:class:`FaultProxy`) stands between the run and the emulator and breaks one exchange.
 
-The tests marked ``xfail(strict=True)`` assert what the feature promises and what it
-does not do yet: each names the bug it shows. The others hold, and cover what
-``tests/test_batch_api.py`` does not.
+Each asserts what the feature promises where an adversarial review found it broken
+(fixed since), or covers what ``tests/test_batch_api.py`` does not.
 """
 
 from __future__ import annotations
@@ -253,12 +252,6 @@ def provider(request: pytest.FixtureRequest) -> str:
 # Bugs: each test asserts the promise, and fails on the code as it is
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a collecting run builds new chunks before it collects, and knows rows in"
-    " flight only by row key (the row's position without --id-column): a row added at the"
-    " top resubmits every row in flight (runner/batch.py BatchSend.run)",
-)
 def test_a_row_added_on_top_while_batches_run_does_not_resubmit_the_rows_in_flight(
     tmp_path: Path, provider: str
 ) -> None:
@@ -272,12 +265,6 @@ def test_a_row_added_on_top_while_batches_run_does_not_resubmit_the_rows_in_flig
         assert emu.stats.batch_requests == 5  # the 4 in flight, and the new row once
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: results of rows that moved (--id-column, input reordered) are stored but"
-    " not placed in the plan: the collecting run exits 130 'Interrupted' with no output"
-    " (runner/batch.py BatchSend._store: `mine` compares the chunk's old row number)",
-)
 def test_rows_reordered_by_id_while_batches_run_are_collected_into_the_output(
     tmp_path: Path, provider: str
 ) -> None:
@@ -292,12 +279,6 @@ def test_rows_reordered_by_id_while_batches_run_are_collected_into_the_output(
     assert (result.exit_code, answers) == (0, [answer_for(r["prompt"]) for r in rows[::-1]])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Ctrl-C while chunks are being built does not stop the build: every chunk"
-    " is still submitted, then the run exits 130 (runner/batch.py BatchSend._build checks"
-    " _closed() only on entry)",
-)
 def test_ctrl_c_while_building_submits_no_further_chunk(tmp_path: Path) -> None:
     source = prompts_csv(tmp_path, questions(8))
     marker, resume = tmp_path / "paused", tmp_path / "resume"
@@ -315,11 +296,6 @@ def test_ctrl_c_while_building_submits_no_further_chunk(tmp_path: Path) -> None:
         assert (process.returncode, emu.stats.batches_created) == (130, 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a run without --batch-api ignores the ledger: rows in flight in batches are"
-    " sent live too and billed twice (runner/engine.py _Partition.run sends plan.to_send)",
-)
 def test_a_live_run_does_not_send_rows_that_are_in_flight_in_batches(tmp_path: Path) -> None:
     source = prompts_csv(tmp_path, questions(4))
     with emulator_in_thread(protocol="openai", batch_delay=STUCK) as emu:
@@ -328,12 +304,6 @@ def test_a_live_run_does_not_send_rows_that_are_in_flight_in_batches(tmp_path: P
         assert emu.stats.chat_requests == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a batch answer without usage settles its reservation at 0, not at its worst"
-    " case as a live run does, so --max-cost is passed (runner/batch.py BatchSend._store:"
-    " budget.release(chunk.reserved, fsum(costs)) skips answers whose cost is None)",
-)
 def test_max_cost_counts_answers_without_usage_at_their_worst_case(
     tmp_path: Path, provider: str
 ) -> None:
@@ -355,12 +325,6 @@ def test_max_cost_counts_answers_without_usage_at_their_worst_case(
     assert (result.exit_code, "unsent" in statuses) == (3, True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: run_frame(batch_api=True, no_wait=True) submits batches into a checkpoint"
-    " in a temporary folder it then deletes, and raises pyarrow's FileNotFoundError"
-    " (runner/job.py arun_frame_spec reads an output that was never written)",
-)
 def test_run_frame_refuses_no_wait_without_an_output_before_submitting(tmp_path: Path) -> None:
     import pandas as pd
 
@@ -378,12 +342,6 @@ def test_run_frame_refuses_no_wait_without_an_output_before_submitting(tmp_path:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the built-in emulator's random port is recorded with each chunk: after"
-    " Ctrl-C (exit 130, 'run the same command again') the same --emulate --batch-api"
-    " command exits 2 forever (runner/batch.py BatchSend.run base_url check)",
-)
 def test_an_emulated_batch_run_resumes_after_ctrl_c(tmp_path: Path) -> None:
     source = prompts_csv(tmp_path, questions(3))
     args = ("run", source, "--provider", "openai", "--emulate", "--batch-api",
@@ -397,12 +355,6 @@ def test_an_emulated_batch_run_resumes_after_ctrl_c(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: rows to retry live only in memory once their chunk is recorded collected: a"
-    " kill -9 there resets their attempts and --max-attempts is passed (runner/batch.py"
-    " BatchSend._store queues self.retry after ledger.collected)",
-)
 def test_a_kill_after_a_failed_chunk_is_collected_keeps_max_attempts(tmp_path: Path) -> None:
     source = prompts_csv(tmp_path, questions(3))
     faults = Faults(batch_error_rate=1.0)
@@ -420,13 +372,6 @@ def test_a_kill_after_a_failed_chunk_is_collected_keeps_max_attempts(tmp_path: P
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Anthropic: a chunk killed before its create call adopts a stranger's batch"
-    " of as many requests; its rows then end 'the batch returned no result' with"
-    " --max-attempts 1, never sent, though the README says they are sent again"
-    " (runner/batch.py BatchSend._find/_store count the adoption as an attempt)",
-)
 def test_rows_of_a_chunk_that_adopted_a_strangers_batch_are_still_sent(tmp_path: Path) -> None:
     mine = prompts_csv(tmp_path, questions(3), "mine.csv")
     theirs = prompts_csv(tmp_path, [f"Another job's question {i}?" for i in range(3)], "b.csv")
@@ -441,12 +386,6 @@ def test_rows_of_a_chunk_that_adopted_a_strangers_batch_are_still_sent(tmp_path:
     assert {r["status"] for r in rows_of(output_of(mine))} == {"ok"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a results download cut once ends the whole run (exit 2, 'stream cut before"
-    " it ended'); polls are retried, downloads are not (runner/batch.py BatchSend._collect"
-    " reads client.results outside _api's retries)",
-)
 def test_a_results_download_cut_once_is_retried(tmp_path: Path, provider: str) -> None:
     source = prompts_csv(tmp_path, questions(20))
     with (
@@ -458,12 +397,6 @@ def test_a_results_download_cut_once_is_retried(tmp_path: Path, provider: str) -
     assert result.exit_code == 0, result.output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a chunk record deleted while its batch runs leaves its rows, requests and"
-    " keys files behind unnoticed: the rows are submitted again (jobs/batches.py"
-    " Ledger.chunks lists records only; an orphan NNNNNNNN.keys is not refused)",
-)
 def test_a_deleted_chunk_record_does_not_resubmit_its_rows(tmp_path: Path) -> None:
     source = prompts_csv(tmp_path, questions(4))
     with emulator_in_thread(protocol="openai", batch_delay=STUCK) as emu:
@@ -474,11 +407,6 @@ def test_a_deleted_chunk_record_does_not_resubmit_its_rows(tmp_path: Path) -> No
         assert emu.stats.batch_requests == 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a dry run counts rows in flight in batches as rows to send, and prices them"
-    " (runner/job.py dry-run preview reads the checkpoint's parts, not the ledger)",
-)
 def test_a_dry_run_does_not_count_rows_in_flight_as_to_send(tmp_path: Path) -> None:
     source = prompts_csv(tmp_path, questions(4))
     summary = tmp_path / "dry.json"
@@ -488,12 +416,6 @@ def test_a_dry_run_does_not_count_rows_in_flight_as_to_send(tmp_path: Path) -> N
     assert json.loads(summary.read_text())["to_send"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: `aibatch batches OUTPUT --cancel` exits 0 when no batch could be cancelled"
-    " (the provider unreachable): the failure is only a note in the table (cli.py"
-    " batches_command, runner/batch.py job_batches)",
-)
 def test_batches_cancel_exits_non_zero_when_it_cannot_cancel(tmp_path: Path) -> None:
     source = prompts_csv(tmp_path, questions(2))
     with emulator_in_thread(protocol="openai", batch_delay=STUCK) as emu:
@@ -502,12 +424,6 @@ def test_batches_cancel_exits_non_zero_when_it_cannot_cancel(tmp_path: Path) -> 
     assert result.exit_code != 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the run that collects batches a --no-wait run submitted prints no 'cost:'"
-    " line although its summary has the cost it billed (console.py summary_text shows cost"
-    " only when s.requests, the rows this run submitted)",
-)
 def test_a_collecting_run_prints_what_its_answers_cost(tmp_path: Path) -> None:
     source = prompts_csv(tmp_path, questions(3))
     with emulator_in_thread(protocol="openai", batch_delay=STUCK) as emu:
