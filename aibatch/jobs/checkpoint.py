@@ -423,7 +423,6 @@ class Checkpoint:
         n = len(row_keys)
         loc = np.full(n, SEND, np.int64)
         loc[skipped] = SKIP
-        live = ~np.asarray(skipped, bool)
         ok_at = np.zeros(n, bool)  # the row's location is an ok stored row
         strays: list[_Records] = []  # usable stored rows not at the row they were stored for
         for records in self._stored_parts():
@@ -433,15 +432,15 @@ class Checkpoint:
             at = np.where(inside, rows, 0)
             hit = inside & usable
             if n:
-                hit &= (row_keys[at] == records.keys) & live[at]
+                hit &= (row_keys[at] == records.keys) & (loc[at] != SKIP)
             _assign(loc, ok_at, at[hit], records.locs[hit], records.ok[hit])
             if np.any(usable & ~hit):
                 strays.append(records.subset(usable & ~hit))
         if strays:
-            _match_strays(loc, ok_at, row_keys, request_hashes, live, strays, dedupe=dedupe)
+            _match_strays(loc, ok_at, row_keys, request_hashes, strays, dedupe=dedupe)
         plan = Plan(loc, skipped=int(np.count_nonzero(skipped)))
         if dedupe:
-            plan.deduped = _share(loc, ok_at, request_hashes, live)
+            plan.deduped = _share(loc, ok_at, request_hashes)
         plan.reused = int(np.count_nonzero(loc >= 0))
         return plan
 
@@ -572,7 +571,6 @@ def _match_strays(
     ok_at: np.ndarray,
     row_keys: np.ndarray,
     request_hashes: np.ndarray,
-    live: np.ndarray,
     strays: list[_Records],
     *,
     dedupe: bool,
@@ -598,7 +596,7 @@ def _match_strays(
     best_keys, best_locs, best_ok = keys[chosen], locs[chosen], ok[chosen]
     for s in range(0, len(loc), _CHUNK):
         where = _find(best_keys, row_keys[s : s + _CHUNK])
-        rows = np.flatnonzero((where >= 0) & live[s : s + _CHUNK]) + s
+        rows = np.flatnonzero((where >= 0) & (loc[s : s + _CHUNK] != SKIP)) + s
         where = where[rows - s]
         new_loc, new_ok, old_loc, old_ok = best_locs[where], best_ok[where], loc[rows], ok_at[rows]
         better = (old_loc < 0) | (new_ok & ~old_ok) | ((new_ok == old_ok) & (new_loc > old_loc))
@@ -655,7 +653,7 @@ def _assign(
 _CHUNK = 1 << 20  # rows looked at a time where a whole-input temporary would be large
 
 
-def _share(loc: np.ndarray, ok_at: np.ndarray, hashes: np.ndarray, live: np.ndarray) -> int:
+def _share(loc: np.ndarray, ok_at: np.ndarray, hashes: np.ndarray) -> int:
     """Rows left to send that ask what another row asks share its answer.
 
     A row that has an ok stored answer gives it to the others; else the first of them
@@ -666,12 +664,13 @@ def _share(loc: np.ndarray, ok_at: np.ndarray, hashes: np.ndarray, live: np.ndar
     """
     if not np.any(loc == SEND):
         return 0
-    top = np.empty(len(hashes), np.uint8)
+    top = np.empty(len(hashes), np.uint8)  # each row's bucket; 16 for a skipped row
     for s in range(0, len(hashes), _CHUNK):
         top[s : s + _CHUNK] = hashes[s : s + _CHUNK] >> np.uint64(60)
+        top[s : s + _CHUNK][loc[s : s + _CHUNK] == SKIP] = 16
     found = []
     for bucket in range(16):
-        values = hashes[(top == bucket) & live]
+        values = hashes[top == bucket]
         values.sort()
         found.append(np.unique(values[1:][values[1:] == values[:-1]]))
     del top, values
@@ -680,7 +679,9 @@ def _share(loc: np.ndarray, ok_at: np.ndarray, hashes: np.ndarray, live: np.ndar
         return 0
     rows = np.concatenate(
         [
-            np.flatnonzero((_find(repeated, hashes[s : s + _CHUNK]) >= 0) & live[s : s + _CHUNK])
+            np.flatnonzero(
+                (_find(repeated, hashes[s : s + _CHUNK]) >= 0) & (loc[s : s + _CHUNK] != SKIP)
+            )
             + s
             for s in range(0, len(hashes), _CHUNK)
         ]
