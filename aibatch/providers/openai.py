@@ -38,6 +38,24 @@ log = logging.getLogger(__name__)
 __all__ = ["OpenAIChat", "SseParser"]
 
 _DONE = object()
+_DECODER = json.JSONDecoder()
+
+
+def _loads(data: bytes) -> Any:
+    """``json.loads(data)``, at half its cost for what servers send: UTF-8, no padding.
+
+    ``json.loads`` on bytes first guesses the encoding in Python, then decodes and strips
+    whitespace with regular expressions, which costs more than the parse itself for a
+    small chunk, and a stream has a dozen of them per answer. Anything else (whitespace
+    around the value, a byte order mark, UTF-16, an error) goes to ``json.loads``, so the
+    value, or the ``ValueError``, is the same.
+    """
+    try:
+        text = data.decode()
+        value, end = _DECODER.raw_decode(text)
+    except ValueError:
+        return json.loads(data)
+    return value if end == len(text) else json.loads(data)
 
 
 class SseParser:
@@ -89,7 +107,7 @@ class SseParser:
             self.done = True
             return None
         try:
-            event = json.loads(data)
+            event = _loads(data)
         except ValueError:
             self.info.garbage_lines += 1
             return None

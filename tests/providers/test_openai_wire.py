@@ -291,6 +291,19 @@ def test_data_that_is_not_a_json_object_is_counted_as_garbage():
     assert parser.done
 
 
+def test_json_that_only_json_loads_reads_is_still_read():
+    # the parser's fast path takes UTF-8 without padding; the rest goes to json.loads
+    padded = b"  " + json.dumps(chunk("padded")).encode() + b" \t"
+    bom = b"\xef\xbb\xbf" + json.dumps(chunk("bom")).encode()
+    sixteen = json.dumps(chunk("sixteen")).encode("utf-16-le")
+    two_values = b'{"a": 1} {"b": 2}'
+    stream = b"".join(b"data: " + data + b"\n\n" for data in (padded, bom, sixteen, two_values))
+
+    texts, parser = parse(stream)
+
+    assert (texts, parser.info.garbage_lines) == (["padded", "bom", "sixteen"], 1)
+
+
 def test_blank_lines_alone_are_not_garbage():
     texts, parser = parse(b"\n\n\r\n\n" + sse(chunk("a")) + b"\n\n")
 
