@@ -79,6 +79,18 @@ def test_a_run_of_a_built_in_provider_does_not_scan_the_installed_entry_points(t
     assert done.stdout.splitlines()[-1] == "[]"
 
 
+def test_a_run_of_a_csv_file_does_not_import_pandas(tmp_path: Path):
+    source = tmp_path / "in.csv"
+    source.write_text("prompt\nhello\n", encoding="utf-8")
+    output = tmp_path / "out.parquet"
+    code = IMPORTS_AFTER.replace("sys.argv[0]", repr("pandas"))
+
+    done = python("-c", code, "run", str(source), "-o", str(output), "--emulate", "-q")
+
+    assert output.exists(), done.stderr
+    assert done.stdout.splitlines()[-1] == "[]"
+
+
 def test_every_class_of_the_error_tree_is_exported_from_the_package():
     code = (
         "import aibatch, aibatch.errors as e; print(sorted(n for n in e.__all__"

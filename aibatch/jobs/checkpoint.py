@@ -41,6 +41,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -49,7 +50,7 @@ import pyarrow.compute as pc
 from ..errors import CheckpointError, OutputError
 from ..files import DIR_MODE, FILE_MODE, atomic_write
 from ..types import ChatRequest, RowResult, RowStatus
-from .arrays import scalar, to_numpy
+from .arrays import from_numpy, numbers, scalar, strings, to_numpy
 
 log = logging.getLogger(__name__)
 
@@ -207,31 +208,31 @@ def checkpoint_dir(output: Path) -> Path:
 def records_table(results: Sequence[RowResult]) -> pa.Table:
     """Finished rows as an Arrow table of :data:`PART_SCHEMA`."""
 
-    def column(name: str) -> list[object]:
+    def column(name: str) -> list[Any]:
         return [getattr(r, name) for r in results]
 
     def micros(name: str) -> list[int]:
         return [int(getattr(r, name) * 1_000_000) for r in results]
 
     arrays = [
-        pa.array(column("row_key"), pa.uint64()),
-        pa.array(column("request_hash"), pa.uint64()),
-        pa.array(column("row"), pa.int64()),
-        pa.array(column("sent_prompt"), pa.string()),
-        pa.array(column("response"), pa.string()),
-        pa.array([r.status.value for r in results], pa.string()),
-        pa.array(column("error_type"), pa.string()),
-        pa.array(column("error"), pa.string()),
-        pa.array(column("http_status"), pa.int32()),
-        pa.array(column("attempts"), pa.int32()),
-        pa.array(column("latency_ms"), pa.float64()),
-        pa.array(column("ttfb_ms"), pa.float64()),
-        pa.array(micros("started_at"), pa.int64()).cast(RECORD_SCHEMA.field("started_at").type),
-        pa.array(micros("finished_at"), pa.int64()).cast(RECORD_SCHEMA.field("finished_at").type),
-        pa.array(column("prompt_tokens"), pa.int64()),
-        pa.array(column("completion_tokens"), pa.int64()),
-        pa.array(column("finish_reason"), pa.string()),
-        pa.array(column("cost_usd"), pa.float64()),
+        numbers(column("row_key"), pa.uint64()),
+        numbers(column("request_hash"), pa.uint64()),
+        numbers(column("row"), pa.int64()),
+        strings(column("sent_prompt")),
+        strings(column("response")),
+        strings([r.status.value for r in results]),
+        strings(column("error_type")),
+        strings(column("error")),
+        numbers(column("http_status"), pa.int32()),
+        numbers(column("attempts"), pa.int32()),
+        numbers(column("latency_ms"), pa.float64()),
+        numbers(column("ttfb_ms"), pa.float64()),
+        numbers(micros("started_at"), pa.int64()).cast(RECORD_SCHEMA.field("started_at").type),
+        numbers(micros("finished_at"), pa.int64()).cast(RECORD_SCHEMA.field("finished_at").type),
+        numbers(column("prompt_tokens"), pa.int64()),
+        numbers(column("completion_tokens"), pa.int64()),
+        strings(column("finish_reason")),
+        numbers(column("cost_usd"), pa.float64()),
     ]
     return pa.Table.from_arrays(arrays, schema=PART_SCHEMA)
 
@@ -486,7 +487,7 @@ class Checkpoint:
         filled = 0
         for index in np.unique(indexes):
             chosen = indexes == index
-            piece = self._part(int(index)).take(pa.array(offsets[chosen]))
+            piece = self._part(int(index)).take(from_numpy(offsets[chosen], pa.int64()))
             order[positions[chosen]] = np.arange(filled, filled + piece.num_rows)
             filled += piece.num_rows
             pieces.append(piece)
@@ -495,7 +496,7 @@ class Checkpoint:
             order[~valid] = filled + (locs[~valid] == SEND)
         if not pieces:
             return RECORD_SCHEMA.empty_table()
-        return pa.concat_tables(pieces).take(pa.array(order))
+        return pa.concat_tables(pieces).take(from_numpy(order, pa.int64()))
 
     def _part(self, index: int) -> pa.Table:
         table = self._cache.get(index)
@@ -706,10 +707,14 @@ def _share(loc: np.ndarray, ok_at: np.ndarray, hashes: np.ndarray) -> int:
     return int(np.count_nonzero(duplicate))
 
 
-_NOT_SENT = pa.Table.from_pylist(  # what take() gives for SKIP, then for SEND
+_NOT_SENT = pa.Table.from_arrays(  # what take() gives for SKIP, then for SEND
     [
-        {"status": RowStatus.SKIPPED.value, "attempts": 0},
-        {"status": RowStatus.UNSENT.value, "attempts": 0},
+        strings([RowStatus.SKIPPED.value, RowStatus.UNSENT.value])
+        if field.name == "status"
+        else numbers([0, 0], field.type)
+        if field.name == "attempts"
+        else pa.nulls(2, field.type)
+        for field in RECORD_SCHEMA
     ],
     schema=RECORD_SCHEMA,
 )
