@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only",
         default=",".join(everyday),
         help=f"comma-separated sections of {','.join(SECTIONS)} [default: all but"
-        f" {','.join(OPT_IN)}, which take most of an hour]",
+        f" {','.join(OPT_IN)}: most of an hour]",
     )
     parser.add_argument(
         "--reps", type=int, help="repetitions per comparison [default: 3, --quick: 1]"
