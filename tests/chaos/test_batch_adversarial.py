@@ -28,7 +28,6 @@ from typing import Any
 
 import aiohttp
 import anyio
-import pyarrow.parquet as pq
 import pytest
 from aiohttp import web
 from anyio.from_thread import start_blocking_portal
@@ -40,6 +39,7 @@ from aibatch.jobs.checkpoint import checkpoint_dir
 from aibatch.providers.emulator import Faults, answer_for
 from tests.chaos.crashpoints import CrashPoint, child, child_command, child_env, wait_until
 from tests.conftest import emulator_in_thread
+from tests.test_batch_api import output_of, rows_of
 from tests.test_openai_cli import fast_retries, invoke, prompts_csv, questions, write_csv
 
 PROVIDERS = ("openai", "anthropic")
@@ -200,14 +200,6 @@ def batch_run(source: Path, provider: str, base_url: str, *args: object) -> Any:
         "run", source, "--provider", provider, "--base-url", base_url, "--batch-api",
         "--poll-interval", "0.2", *args,
     )  # fmt: skip
-
-
-def output_of(source: Path) -> Path:
-    return source.with_name(f"{source.stem}.responses.parquet")
-
-
-def rows_of(path: Path) -> list[dict[str, Any]]:
-    return pq.read_table(path).to_pylist()
 
 
 def answers_of(source: Path) -> list[str | None]:
