@@ -420,7 +420,7 @@ def batches_command(output: str, cancel: bool, api_key_env: str | None, as_json:
     """
     import anyio
 
-    from .runner.batch import job_batches
+    from .runner.batch_state import job_batches
 
     states = anyio.run(
         functools.partial(job_batches, Path(output), cancel=cancel, api_key_env=api_key_env)

@@ -28,17 +28,13 @@ the provider). The next run of the same command takes up where this one stopped.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import functools
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -48,18 +44,17 @@ from ..errors import (
     BatchFailed,
     CheckpointError,
     InvalidOutput,
-    PermanentError,
     ProviderError,
     TransientError,
     Unauthorized,
-    UsageError,
 )
-from ..files import AtomicFile
 from ..io.inputs import Batch
-from ..jobs.batches import KEYS_DTYPE, Chunk, Ledger, custom_id, new_chunk
+from ..jobs.batches import Chunk, Ledger, custom_id
 from ..jobs.checkpoint import SEND, Checkpoint, Plan
 from ..providers.batch import BatchClient, BatchInfo, batch_client
 from ..types import Completion, RowResult, RowStatus
+from .batch_chunks import ChunkWriter, Line, fill, refused, retryable, row_result
+from .batch_state import held_rows
 from .retry import call_with_retries
 
 if TYPE_CHECKING:
@@ -67,14 +62,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "BatchSend",
-    "BatchState",
-    "check_no_batches",
-    "held_rows",
-    "job_batches",
-    "rows_in_batches",
-]
+__all__ = ["BatchSend"]
 
 #: the first wait between polls (seconds); each wait is 1.5 times the one before
 FIRST_POLL = 0.5
@@ -261,7 +249,7 @@ class BatchSend:
         """
         if not len(rows) or self._closed():
             return
-        writer = _ChunkWriter(self, await anyio.to_thread.run_sync(self.ledger.next_number))
+        writer = ChunkWriter(self, await anyio.to_thread.run_sync(self.ledger.next_number))
         for batch in self.partition.source.batches():
             n = batch.data.num_rows
             lo, hi = np.searchsorted(rows, [batch.start, batch.start + n])
@@ -280,7 +268,7 @@ class BatchSend:
                         return
                     if writer.full(len(line.data)):
                         await self._finish(writer)
-                        writer = _ChunkWriter(self, writer.number + 1)
+                        writer = ChunkWriter(self, writer.number + 1)
                         if self._stopped():
                             return
                     await anyio.to_thread.run_sync(writer.add, line)
@@ -288,14 +276,14 @@ class BatchSend:
                 break
         await self._finish(writer)
 
-    def _lines(self, batch: Batch, rows: np.ndarray) -> list[_Line | None]:
+    def _lines(self, batch: Batch, rows: np.ndarray) -> list[Line | None]:
         """The request lines of ``batch``'s ``rows``, checked against the scan.
 
         ``None`` ends the list where the budget cannot cover a row.
         """
         partition = self.partition
         jobs = partition._jobs(batch, rows, self.plan)
-        out: list[_Line | None] = []
+        out: list[Line | None] = []
         budget = partition.budget
         for job in jobs:
             reserved = 0.0
@@ -307,7 +295,7 @@ class BatchSend:
             data = self.client.line(custom_id(job.row_key, job.request_hash), job.request)
             prompt = json.dumps(partition.provider.render(job.request), ensure_ascii=False)
             out.append(
-                _Line(
+                Line(
                     job.row,
                     job.row_key,
                     job.request_hash,
@@ -319,7 +307,7 @@ class BatchSend:
             )
         return out
 
-    async def _finish(self, writer: _ChunkWriter) -> None:
+    async def _finish(self, writer: ChunkWriter) -> None:
         """Record the chunk ``writer`` built (if any row), then submit it."""
         if self._stopped():  # Ctrl-C while it was built: it was never recorded
             await anyio.to_thread.run_sync(writer.discard)
@@ -353,7 +341,7 @@ class BatchSend:
             except Unauthorized:
                 raise
             except ProviderError as exc:
-                if _refused(exc):  # the service answered no: nothing was created
+                if refused(exc):  # the service answered no: nothing was created
                     await self._fail_chunk(item, exc)
                     return
                 # No answer, or a 5xx: it may have been created. Look before trying again.
@@ -491,7 +479,7 @@ class BatchSend:
             if (
                 error is not None
                 and row >= 0
-                and _retryable(error)
+                and retryable(error)
                 and attempt < self.spec.retry.attempts
                 and not self._closed()
             ):
@@ -501,8 +489,8 @@ class BatchSend:
             # A row no longer in the input (rewritten since) is stored all the same, at
             # the row it was: a later run may use its answer.
             where = row if row >= 0 else int(k["row"])
-            result = _row_result(where, key, request, prompts[index], attempt, chunk, now)
-            _fill(result, completion, error)
+            result = row_result(where, key, request, prompts[index], attempt, chunk, now)
+            fill(result, completion, error)
             result.cost_usd = cost
             results.append(result)
             if result.latency_ms is not None:  # a batch's turnaround
@@ -610,239 +598,3 @@ class BatchSend:
         progress.batches = len(self.open)
         progress.cost_usd = partition._cost_usd() if partition.prices.price is not None else None
         partition.on_progress(progress)
-
-
-@dataclass(frozen=True, slots=True)
-class _Line:
-    row: int
-    row_key: int
-    request_hash: int
-    attempt: int
-    data: bytes
-    prompt: bytes
-    reserved: float
-
-
-class _ChunkWriter:
-    """Writes one chunk's request, prompt and rows files as lines arrive."""
-
-    def __init__(self, send: BatchSend, number: int) -> None:
-        self.send = send
-        self.number = number
-        self.rows: list[tuple[int, int, int, int]] = []
-        self.bytes = 0
-        self.reserved = 0.0
-        self._requests: AtomicFile | None = None
-        self._prompts: AtomicFile | None = None
-
-    def full(self, size: int) -> bool:
-        """Whether a line of ``size`` bytes no longer fits."""
-        limit = self.send.client.max_bytes
-        return bool(self.rows) and (len(self.rows) >= self.send.size or self.bytes + size > limit)
-
-    def add(self, line: _Line) -> None:
-        ledger = self.send.ledger
-        if self._requests is None:
-            ledger.ensure()
-            self._requests = AtomicFile(ledger.requests_path(self.number))
-            self._prompts = AtomicFile(ledger.prompts_path(self.number))
-        assert self._prompts is not None
-        self._requests.file.write(line.data)
-        self._prompts.file.write(line.prompt)
-        self.rows.append((line.row, line.row_key, line.request_hash, line.attempt))
-        self.bytes += len(line.data)
-        self.reserved += line.reserved
-
-    def discard(self) -> None:
-        """Drop what was written: the chunk is never recorded."""
-        for atomic in (self._requests, self._prompts):
-            if atomic is not None:
-                atomic.discard()
-        self._requests = self._prompts = None
-
-    def prepare(self) -> tuple[Chunk, np.ndarray] | None:
-        """Make the files durable and record the chunk; ``None`` when it has no row."""
-        if self._requests is None or self._prompts is None:
-            return None
-        self._requests.commit()
-        self._prompts.commit()
-        keys = np.array(self.rows, KEYS_DTYPE)
-        partition = self.send.partition
-        chunk = new_chunk(
-            self.number,
-            reserved=self.reserved,
-            provider=partition.provider.name,
-            base_url=partition.provider.base_url,
-            model=partition.model,
-        )
-        return self.send.ledger.prepare(chunk, keys), keys
-
-
-def _refused(exc: ProviderError) -> bool:
-    """Whether the service answered the create call with a refusal (nothing created)."""
-    status = exc.http_status
-    return isinstance(exc, PermanentError) and status is not None and 400 <= status < 500
-
-
-def _retryable(error: ProviderError) -> bool:
-    return isinstance(error, TransientError | InvalidOutput)
-
-
-def _row_result(
-    row: int, key: int, request: int, prompt: str, attempt: int, chunk: Chunk, now: float
-) -> RowResult:
-    return RowResult(
-        row=row,
-        row_key=key,
-        request_hash=request,
-        sent_prompt=prompt,
-        status=RowStatus.OK,
-        attempts=attempt,
-        latency_ms=(now - chunk.prepared_at) * 1000.0,  # from the chunk's making to its end
-        started_at=chunk.prepared_at,
-        finished_at=now,
-    )
-
-
-def _fill(result: RowResult, completion: Completion | None, error: ProviderError | None) -> None:
-    """Put an answer, or the error that ended the row, into ``result``."""
-    if completion is not None:
-        result.response = completion.text
-        result.http_status = completion.http_status
-        result.prompt_tokens = completion.prompt_tokens
-        result.completion_tokens = completion.completion_tokens
-        result.finish_reason = completion.finish_reason
-        return
-    assert error is not None
-    result.status = RowStatus.ERROR
-    result.error_type = type(error).__name__
-    result.error = str(error)
-    result.http_status = error.http_status
-    if isinstance(error, InvalidOutput):
-        result.response = error.response
-
-
-def held_rows(
-    row_keys: np.ndarray, request_hashes: np.ndarray, chunks: list[np.ndarray], *, dedupe: bool
-) -> np.ndarray:
-    """Which rows the ``chunks`` in flight (their rows files) hold.
-
-    A row is held by its row key; with dedupe, also by its request: the answer to the
-    same request will do for it.
-    """
-    if not chunks:
-        return np.zeros(len(row_keys), bool)
-    held = np.concatenate(chunks)
-    found = np.isin(row_keys, held["row_key"])
-    if dedupe:
-        found |= np.isin(request_hashes, held["request_hash"])
-    return found
-
-
-def rows_in_batches(
-    directory: Path, row_keys: np.ndarray, request_hashes: np.ndarray, *, dedupe: bool
-) -> np.ndarray:
-    """Which rows the job's batches not collected yet hold (a dry run's view: read only)."""
-    ledger = Ledger(directory, read_only=True)
-    chunks = [ledger.keys(chunk) for chunk in ledger.open_chunks()]
-    return held_rows(row_keys, request_hashes, chunks, dedupe=dedupe)
-
-
-def check_no_batches(checkpoint: Checkpoint, *, restart: bool) -> None:
-    """Before a live run: refuse to send rows that batches of the job may hold.
-
-    With ``restart`` the ledger is forgotten, as the checkpoint is.
-
-    Raises:
-        UsageError: the job has batches not collected yet.
-    """
-    ledger = Ledger(checkpoint.directory)
-    if restart:
-        ledger.reset()
-        return
-    chunks = Ledger(checkpoint.directory, read_only=True).open_chunks()
-    if chunks:
-        raise UsageError(
-            f"{sum(c.rows for c in chunks)} rows of this job are in {len(chunks)} provider"
-            " batches not collected yet (--batch-api): run the same command with --batch-api"
-            " to collect them (cancel them first with `aibatch batches OUTPUT --cancel` to"
-            " send the rest live), or --restart to forget them"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class BatchState:
-    """A chunk of a job and, for one not collected, what its provider says of it now."""
-
-    chunk: int
-    state: str
-    rows: int
-    batch_id: str | None
-    status: str
-    finished: int
-    failed: int
-    note: str = ""
-
-
-async def job_batches(
-    output: Path, *, cancel: bool = False, api_key_env: str | None = None
-) -> list[BatchState]:
-    """The batches of the job writing ``output``, asking the provider about open ones.
-
-    Args:
-        output: the job's output file.
-        cancel: cancel every batch not ended yet (its finished requests keep their
-            answers; a re-run collects them and sends the others again).
-        api_key_env: the variable holding the API key [default: the provider's].
-
-    Raises:
-        CheckpointError: the job has no batches, or a record is damaged.
-    """
-    from ..jobs.checkpoint import checkpoint_dir
-    from ..providers import get_provider
-
-    ledger = Ledger(checkpoint_dir(output), read_only=True)
-    chunks = await anyio.to_thread.run_sync(ledger.chunks)
-    if not chunks:
-        raise CheckpointError(f"{output} has no batches (its job did not run with --batch-api)")
-    states: list[BatchState] = []
-    async with contextlib.AsyncExitStack() as stack:
-        clients: dict[tuple[str, str], BatchClient] = {}
-        for chunk in chunks:
-            state = BatchState(
-                chunk.number,
-                chunk.state,
-                chunk.rows,
-                chunk.batch_id,
-                chunk.status,
-                chunk.finished,
-                chunk.failed,
-            )
-            if chunk.state == "collected" or chunk.batch_id is None:
-                states.append(state)
-                continue
-            where = (chunk.provider, chunk.base_url)
-            if where not in clients:
-                provider_class = get_provider(chunk.provider)
-                variable = api_key_env or provider_class.api_key_env
-                provider = await stack.enter_async_context(
-                    provider_class(
-                        base_url=chunk.base_url,
-                        api_key=os.environ.get(variable) if variable else None,
-                    )
-                )
-                clients[where] = batch_client(provider)
-            client = clients[where]
-            try:
-                info = await client.get(chunk.batch_id)
-                if cancel and not info.ended:
-                    info = await client.cancel(chunk.batch_id)
-            except ProviderError as exc:
-                states.append(dataclasses.replace(state, note=f"cannot ask: {exc}"))
-                continue
-            states.append(
-                dataclasses.replace(
-                    state, status=info.status, finished=info.finished, failed=info.failed
-                )
-            )
-    return states

@@ -57,7 +57,8 @@ from ..jobs.schema import StructuredOutput
 from ..jobs.spec import JobSpec
 from ..providers.base import AsyncGeneratorProvider
 from ..types import ChatRequest, Completion, RowResult, RowStatus
-from .batch import BatchSend, check_no_batches
+from .batch import BatchSend
+from .batch_state import check_no_batches
 from .concurrency import AdaptiveLimit
 from .latency import Latencies
 from .prompts import PromptBuilder

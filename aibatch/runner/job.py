@@ -30,7 +30,7 @@ from ..jobs.cost import Estimate, estimate, look_up_price, request_size
 from ..jobs.spec import JobSpec
 from ..providers import AsyncGeneratorProvider, get_provider
 from ..providers.faults import PROTOCOLS
-from .batch import rows_in_batches
+from .batch_state import rows_in_batches
 from .engine import ProgressCallback, run_partition
 from .prompts import PromptBuilder
 from .summary import Summary
