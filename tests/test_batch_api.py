@@ -350,3 +350,20 @@ def test_the_emulator_ends_its_batches_on_demand(tmp_path: Path) -> None:
         invoke("run", source, "--provider", "openai", "--base-url", emu.base_url, "--batch-api",
                "--no-wait")  # fmt: skip
         assert emu.end_batches() == 1
+
+
+def test_a_requests_file_changed_before_it_was_sent_stops_the_run(
+    tmp_path: Path, provider: str
+) -> None:
+    source = prompts_csv(tmp_path, questions(3))
+    with emulator_in_thread(protocol=provider, batch_delay=0) as emu:
+        args = ("run", source, "--provider", provider, "--base-url", emu.base_url, "--batch-api")
+        with child(args, tmp_path, CrashPoint("record-replace", 1, "after")) as killed:
+            killed.wait(timeout=60)  # the chunk is recorded, nothing sent yet
+        requests = checkpoint_dir(output_of(source)) / "batches" / "00000001.jsonl"
+        requests.write_bytes(
+            requests.read_bytes().replace(b"Question number 1", b"Question number 2")
+        )
+        result = batch_run(source, provider, emu)
+        created = emu.stats.batches_created
+    assert (result.exit_code, str(requests) in result.output, created) == (2, True, 0)

@@ -87,6 +87,8 @@ class Chunk:
         status, finished, failed: what the provider said of it when last asked.
         adopted: its batch was found by its size alone (Anthropic), not known to be
             its own until its results name its requests.
+        requests_digest: checksum of its requests file, checked before a later run
+            sends that file (empty for a chunk recorded again from its rows alone).
     """
 
     number: int
@@ -104,6 +106,7 @@ class Chunk:
     finished: int = 0
     failed: int = 0
     adopted: bool = False
+    requests_digest: str = ""
 
     @property
     def name(self) -> str:
@@ -113,6 +116,11 @@ class Chunk:
     def to_dict(self) -> dict[str, Any]:
         """Its values, JSON-ready."""
         return dataclasses.asdict(self)
+
+
+def requests_digest() -> hashlib.blake2b:
+    """The running checksum of a chunk's requests file (``update``, ``hexdigest``)."""
+    return hashlib.blake2b(digest_size=16)
 
 
 def _checksum(data: bytes) -> str:
@@ -281,6 +289,28 @@ class Ledger:
         if _checksum(data) != chunk.keys_digest or len(data) != chunk.rows * KEYS_DTYPE.itemsize:
             raise self._damaged(path, "its bytes do not match its record")
         return np.frombuffer(data, KEYS_DTYPE)
+
+    def check_requests(self, chunk: Chunk) -> None:
+        """Refuse ``chunk``'s requests file unless it is what was recorded.
+
+        Its lines name their rows by ``custom_id``: a line that changed would bring some
+        other request's answer to a row.
+
+        Raises:
+            CheckpointError: the file is missing or its bytes changed.
+        """
+        if not chunk.requests_digest:
+            return
+        path = self.requests_path(chunk.number)
+        digest = requests_digest()
+        try:
+            with path.open("rb") as handle:
+                while block := handle.read(1 << 20):
+                    digest.update(block)
+        except OSError as exc:
+            raise self._damaged(path, exc.strerror or str(exc)) from exc
+        if digest.hexdigest() != chunk.requests_digest:
+            raise self._damaged(path, "its bytes do not match its record")
 
     def update(self, chunk: Chunk, **changes: Any) -> Chunk:
         """Record ``chunk`` with ``changes``, durably; return it."""

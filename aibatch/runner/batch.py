@@ -330,6 +330,8 @@ class BatchSend:
         if (resumed or chunk.state == "uploaded") and await self._adopt(item):
             return
         path = self.ledger.requests_path(chunk.number)
+        if resumed and (chunk.state == "prepared" or not self.client.uploads):
+            await anyio.to_thread.run_sync(self.ledger.check_requests, chunk)
         if self.client.uploads and chunk.state == "prepared":
             name = f"aibatch-{self.job}-{chunk.number:08d}.jsonl"
             file_id = await self._api(lambda: self.client.upload(path, name))

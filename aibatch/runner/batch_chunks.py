@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import InvalidOutput, PermanentError, ProviderError, TransientError
 from ..files import AtomicFile
-from ..jobs.batches import KEYS_DTYPE, Chunk, new_chunk
+from ..jobs.batches import KEYS_DTYPE, Chunk, new_chunk, requests_digest
 from ..types import Completion, RowResult, RowStatus
 
 if TYPE_CHECKING:
@@ -47,6 +47,7 @@ class ChunkWriter:
         self.reserved = 0.0
         self._requests: AtomicFile | None = None
         self._prompts: AtomicFile | None = None
+        self._digest = requests_digest()
 
     def full(self, size: int) -> bool:
         """Whether a line of ``size`` bytes no longer fits."""
@@ -62,6 +63,7 @@ class ChunkWriter:
             self._prompts = AtomicFile(ledger.prompts_path(self.number))
         assert self._prompts is not None
         self._requests.file.write(line.data)
+        self._digest.update(line.data)
         self._prompts.file.write(line.prompt)
         self.rows.append((line.row, line.row_key, line.request_hash, line.attempt))
         self.bytes += len(line.data)
@@ -88,6 +90,7 @@ class ChunkWriter:
             provider=partition.provider.name,
             base_url=partition.provider.base_url,
             model=partition.model,
+            requests_digest=self._digest.hexdigest(),
         )
         return self.send.ledger.prepare(chunk, keys), keys
 
