@@ -367,3 +367,20 @@ def test_a_requests_file_changed_before_it_was_sent_stops_the_run(
         result = batch_run(source, provider, emu)
         created = emu.stats.batches_created
     assert (result.exit_code, str(requests) in result.output, created) == (2, True, 0)
+
+
+def test_a_damaged_sent_prompts_file_leaves_the_column_blank_not_wrong(
+    tmp_path: Path, provider: str
+) -> None:
+    prompts = questions(3)
+    source = prompts_csv(tmp_path, prompts)
+    with emulator_in_thread(protocol=provider, batch_delay=3600) as emu:
+        batch_run(source, provider, emu, "--no-wait")
+        sent = checkpoint_dir(output_of(source)) / "batches" / "00000001.prompts"
+        sent.write_bytes(sent.read_bytes().replace(b"number 0", b"number 9"))
+        emu.end_batches()
+        batch_run(source, provider, emu)
+    rows = rows_of(output_of(source))
+    assert [(r["sent_prompt"], r["response"]) for r in rows] == [
+        ("", answer_for(p)) for p in prompts
+    ]

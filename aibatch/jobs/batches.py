@@ -89,6 +89,7 @@ class Chunk:
             its own until its results name its requests.
         requests_digest: checksum of its requests file, checked before a later run
             sends that file (empty for a chunk recorded again from its rows alone).
+        prompts_digest: checksum of its sent prompts file (the ``sent_prompt`` column).
     """
 
     number: int
@@ -107,6 +108,7 @@ class Chunk:
     failed: int = 0
     adopted: bool = False
     requests_digest: str = ""
+    prompts_digest: str = ""
 
     @property
     def name(self) -> str:

@@ -49,7 +49,7 @@ from ..errors import (
     Unauthorized,
 )
 from ..io.inputs import Batch
-from ..jobs.batches import Chunk, Ledger, custom_id
+from ..jobs.batches import Chunk, Ledger, custom_id, requests_digest
 from ..jobs.checkpoint import SEND, Checkpoint, Plan
 from ..providers.batch import BatchClient, BatchInfo, batch_client
 from ..types import Completion, RowResult, RowStatus
@@ -567,13 +567,28 @@ class BatchSend:
         return self.checkpoint.write_part(results)
 
     def _prompts(self, chunk: Chunk) -> list[str]:
+        """The chunk's sent prompts; blank, with a warning, if their file was damaged.
+
+        They only fill the ``sent_prompt`` column: a blank one is better than another
+        row's beside this row's answer.
+        """
         path = self.ledger.prompts_path(chunk.number)
         try:
-            lines = path.read_bytes().splitlines()
-        except FileNotFoundError:
-            lines = []
-        prompts = [json.loads(line) for line in lines]
-        if len(prompts) != chunk.rows:  # removed, or cut: the column is informational
+            data = path.read_bytes()
+        except OSError:
+            data = b""
+        digest = requests_digest()
+        digest.update(data)
+        try:
+            if chunk.prompts_digest and digest.hexdigest() != chunk.prompts_digest:
+                raise ValueError("its bytes do not match its record")
+            prompts = [json.loads(line) for line in data.splitlines()]
+            if len(prompts) != chunk.rows:
+                raise ValueError("it has not a prompt for each row")
+        except ValueError as exc:
+            log.warning(
+                "%s: the sent prompts file %s is damaged (%s): left blank", chunk.name, path, exc
+            )
             return [""] * chunk.rows
         return [p if isinstance(p, str) else "" for p in prompts]
 

@@ -48,6 +48,7 @@ class ChunkWriter:
         self._requests: AtomicFile | None = None
         self._prompts: AtomicFile | None = None
         self._digest = requests_digest()
+        self._prompts_digest = requests_digest()
 
     def full(self, size: int) -> bool:
         """Whether a line of ``size`` bytes no longer fits."""
@@ -65,6 +66,7 @@ class ChunkWriter:
         self._requests.file.write(line.data)
         self._digest.update(line.data)
         self._prompts.file.write(line.prompt)
+        self._prompts_digest.update(line.prompt)
         self.rows.append((line.row, line.row_key, line.request_hash, line.attempt))
         self.bytes += len(line.data)
         self.reserved += line.reserved
@@ -91,6 +93,7 @@ class ChunkWriter:
             base_url=partition.provider.base_url,
             model=partition.model,
             requests_digest=self._digest.hexdigest(),
+            prompts_digest=self._prompts_digest.hexdigest(),
         )
         return self.send.ledger.prepare(chunk, keys), keys
 
