@@ -38,6 +38,7 @@ import numpy as np
 
 from ..errors import CheckpointError, OutputError
 from ..files import DIR_MODE, atomic_write
+from .checkpoint import BATCHES_DIR
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ class Ledger:
     """
 
     def __init__(self, checkpoint: Path, *, read_only: bool = False) -> None:
-        self.directory = checkpoint / "batches"
+        self.directory = checkpoint / BATCHES_DIR
         self.read_only = read_only
 
     def __repr__(self) -> str:

@@ -50,11 +50,12 @@ import pyarrow.compute as pc
 from ..errors import CheckpointError, OutputError
 from ..files import DIR_MODE, FILE_MODE, atomic_write
 from ..types import ChatRequest, RowResult, RowStatus
-from .arrays import from_numpy, numbers, scalar, strings, to_numpy
+from .arrays import distinct, from_numpy, numbers, scalar, strings, to_numpy
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "BATCHES_DIR",
     "DUPLICATE",
     "RECORD_SCHEMA",
     "SEND",
@@ -63,6 +64,7 @@ __all__ = [
     "Plan",
     "PromptHasher",
     "checkpoint_dir",
+    "has_batches",
     "positional_row_keys",
     "request_hash",
     "row_key",
@@ -203,6 +205,19 @@ def positional_row_keys(first: int, hashes: np.ndarray) -> np.ndarray:
 def checkpoint_dir(output: Path) -> Path:
     """The checkpoint folder that belongs to ``output``."""
     return output.with_name(f".{output.name}.aibatch")
+
+
+#: the folder in a checkpoint folder where ``--batch-api`` keeps its ledger
+#: (:mod:`aibatch.jobs.batches`)
+BATCHES_DIR = "batches"
+
+
+def has_batches(checkpoint: Path) -> bool:
+    """Whether the job of checkpoint folder ``checkpoint`` ever sent a Batch API batch.
+
+    A live run asks before it imports the Batch API's modules: most jobs never used it.
+    """
+    return (checkpoint / BATCHES_DIR).is_dir()
 
 
 def records_table(results: Sequence[RowResult]) -> pa.Table:
@@ -485,7 +500,7 @@ class Checkpoint:
         pieces: list[pa.Table] = []
         order = np.empty(n, np.int64)
         filled = 0
-        for index in np.unique(indexes):
+        for index in distinct(indexes):
             chosen = indexes == index
             piece = self._part(int(index)).take(from_numpy(offsets[chosen], pa.int64()))
             order[positions[chosen]] = np.arange(filled, filled + piece.num_rows)
@@ -673,7 +688,7 @@ def _share(loc: np.ndarray, ok_at: np.ndarray, hashes: np.ndarray) -> int:
     for bucket in range(16):
         values = hashes[top == bucket]
         values.sort()
-        found.append(np.unique(values[1:][values[1:] == values[:-1]]))
+        found.append(distinct(values[1:][values[1:] == values[:-1]]))
     del top, values
     repeated = np.concatenate(found)  # sorted: the buckets go up by their top bits
     if not len(repeated):

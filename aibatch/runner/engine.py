@@ -51,14 +51,20 @@ from ..errors import (
 )
 from ..io.inputs import Batch, InputSource
 from ..io.output import OutputCounts, OutputWriter, assemble, output_schema
-from ..jobs.checkpoint import SEND, Checkpoint, Plan, checkpoint_dir, request_hash, row_key
+from ..jobs.checkpoint import (
+    SEND,
+    Checkpoint,
+    Plan,
+    checkpoint_dir,
+    has_batches,
+    request_hash,
+    row_key,
+)
 from ..jobs.cost import Budget, PriceLookup, look_up_price, max_input_tokens
 from ..jobs.schema import StructuredOutput
 from ..jobs.spec import JobSpec
 from ..providers.base import AsyncGeneratorProvider
 from ..types import ChatRequest, Completion, RowResult, RowStatus
-from .batch import BatchSend
-from .batch_state import check_no_batches
 from .concurrency import AdaptiveLimit
 from .latency import Latencies
 from .prompts import PromptBuilder
@@ -251,13 +257,19 @@ class _Partition:
                 plan.skipped,
             )
             self.on_progress(self.progress)
+            # The Batch API's modules load only for a job that uses or used it.
             if self.spec.batch_api:  # also with nothing to send: earlier batches to collect
+                from .batch import BatchSend
+
                 self.prices = await anyio.to_thread.run_sync(self._look_up_price)
                 self.batch_pending = await BatchSend(self, plan, checkpoint).run()
             elif plan.to_send:
-                await anyio.to_thread.run_sync(
-                    functools.partial(check_no_batches, checkpoint, restart=self.spec.restart)
-                )
+                if has_batches(checkpoint.directory):
+                    from .batch_state import check_no_batches
+
+                    await anyio.to_thread.run_sync(
+                        functools.partial(check_no_batches, checkpoint, restart=self.spec.restart)
+                    )
                 self.prices = await anyio.to_thread.run_sync(self._look_up_price)
                 await self._send(plan, checkpoint)
             del self.keys

@@ -25,12 +25,18 @@ import numpy as np
 from ..errors import BatchesPending, Unauthorized, UsageError, plain_errors
 from ..io.inputs import InputSource, frame_source, open_input, spool_stdin
 from ..io.output import check_output, output_schema, read_frame
-from ..jobs.checkpoint import SEND, Checkpoint, checkpoint_dir, request_hash, row_key
+from ..jobs.checkpoint import (
+    SEND,
+    Checkpoint,
+    checkpoint_dir,
+    has_batches,
+    request_hash,
+    row_key,
+)
 from ..jobs.cost import Estimate, estimate, look_up_price, request_size
 from ..jobs.spec import JobSpec
 from ..providers import AsyncGeneratorProvider, get_provider
 from ..providers.faults import PROTOCOLS
-from .batch_state import rows_in_batches
 from .engine import ProgressCallback, run_partition
 from .prompts import PromptBuilder
 from .summary import Summary
@@ -393,7 +399,10 @@ def preview(spec: JobSpec, count: int = 5) -> Preview:
         )
     send = plan.loc == SEND
     in_batches = 0
-    if local and not spec.restart:  # rows batches of an earlier run hold are not sent again
+    # rows batches of an earlier run hold are not sent again
+    if local and not spec.restart and has_batches(checkpoint_dir(output)):
+        from .batch_state import rows_in_batches
+
         held = rows_in_batches(
             checkpoint_dir(output),
             np.frombuffer(keys, np.uint64),

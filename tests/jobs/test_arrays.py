@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from aibatch.jobs.arrays import from_numpy, numbers, scalar, strings, to_numpy
+from aibatch.jobs.arrays import distinct, from_numpy, numbers, scalar, strings, to_numpy
 
 
 def test_strings_keep_none_as_null():
@@ -80,7 +80,7 @@ def test_a_scalar_compares_in_a_compute_function():
 def test_building_and_reading_arrays_imports_no_pandas():
     code = (
         "import sys, numpy as np, pyarrow as pa, pyarrow.compute as pc\n"
-        "from aibatch.jobs.arrays import from_numpy, numbers, scalar, strings, to_numpy\n"
+        "from aibatch.jobs.arrays import distinct, from_numpy, numbers, scalar, strings, to_numpy\n"
         "s = strings(['ok', None]); n = numbers([1, None], pa.int64())\n"
         "pc.equal(s, scalar('ok')); to_numpy(n.is_valid())\n"
         "to_numpy(from_numpy(np.arange(3), pa.int64()))\n"
@@ -94,3 +94,14 @@ def test_building_and_reading_arrays_imports_no_pandas():
     )
 
     assert done.stdout.split() == ["False"], done.stderr
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[], [7], [3, 1, 3, 2, 1], [5, 5, 5], [2**64 - 1, 0, 2**63, 0]],
+    ids=["empty", "one", "repeats", "all-same", "uint64-extremes"],
+)
+def test_distinct_gives_what_np_unique_gives(values: list[int]):
+    array = np.array(values, np.uint64)
+
+    assert distinct(array).tolist() == np.unique(array).tolist()
