@@ -34,7 +34,9 @@ __all__ = [
     "HTTP_ERRORS",
     "OVERLOADED_STATUSES",
     "LineSplitter",
+    "dumps",
     "http_error",
+    "loads",
     "parse_duration",
     "parse_reset_time",
     "parse_retry_after",
@@ -44,6 +46,30 @@ __all__ = [
     "status_error",
     "timeout_error",
 ]
+
+
+_DECODER = json.JSONDecoder()
+
+#: ``json.dumps(value, ensure_ascii=False)``, without the encoder ``json.dumps`` builds
+#: anew for every call that passes an option (a third of the cost of a request's body)
+dumps = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def loads(data: bytes) -> Any:
+    """``json.loads(data)``, at half its cost for what servers send: UTF-8, no padding.
+
+    ``json.loads`` on bytes first guesses the encoding in Python, then decodes and strips
+    whitespace with regular expressions, which costs more than the parse itself for a
+    small chunk, and a stream has a dozen of them per answer. Anything else (whitespace
+    around the value, a byte order mark, UTF-16, an error) goes to ``json.loads``, so the
+    value, or the ``ValueError``, is the same.
+    """
+    try:
+        text = data.decode()
+        value, end = _DECODER.raw_decode(text)
+    except ValueError:
+        return json.loads(data)
+    return value if end == len(text) else json.loads(data)
 
 
 def parse_retry_after(value: str | None) -> float | None:

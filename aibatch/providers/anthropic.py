@@ -40,7 +40,9 @@ from ..types import ChatRequest, Completion
 from ._http import (
     HTTP_ERRORS,
     LineSplitter,
+    dumps,
     http_error,
+    loads,
     read_json_object,
     retry_after_from,
     status_error,
@@ -256,7 +258,7 @@ class AnthropicSseParser:
             self.done = True
             return None
         try:
-            event = json.loads(data)
+            event = loads(data)
         except ValueError:
             self.info.garbage_lines += 1
             return None
@@ -312,7 +314,7 @@ class AnthropicMessages(AsyncGeneratorProvider, ProviderModelMixin):
         system, messages = split_system(request.shown_dicts)
         shown: dict[str, Any] = {"system": system} if system is not None else {}
         shown["messages"] = messages
-        return json.dumps(shown, ensure_ascii=False)
+        return dumps(shown)
 
     def batch_body(self, request: ChatRequest) -> dict[str, Any]:
         """The Messages body (``params``) of ``request`` for the Batch API (never streamed)."""
@@ -335,7 +337,7 @@ class AnthropicMessages(AsyncGeneratorProvider, ProviderModelMixin):
         body = self._request(model, messages, options)
         if self.stream:
             body["stream"] = True
-        return json.dumps(body, ensure_ascii=False).encode()
+        return dumps(body).encode()
 
     def _request(
         self, model: str, messages: Sequence[Mapping[str, Any]], options: Mapping[str, Any]

@@ -30,7 +30,15 @@ from ..errors import (
     Unauthorized,
 )
 from ..types import ChatRequest, Completion
-from ._http import HTTP_ERRORS, LineSplitter, http_error, read_json_object, response_error
+from ._http import (
+    HTTP_ERRORS,
+    LineSplitter,
+    dumps,
+    http_error,
+    loads,
+    read_json_object,
+    response_error,
+)
 from .base import AsyncGeneratorProvider, ProviderModelMixin, StreamInfo, whole_answer
 
 log = logging.getLogger(__name__)
@@ -38,24 +46,6 @@ log = logging.getLogger(__name__)
 __all__ = ["OpenAIChat", "SseParser"]
 
 _DONE = object()
-_DECODER = json.JSONDecoder()
-
-
-def _loads(data: bytes) -> Any:
-    """``json.loads(data)``, at half its cost for what servers send: UTF-8, no padding.
-
-    ``json.loads`` on bytes first guesses the encoding in Python, then decodes and strips
-    whitespace with regular expressions, which costs more than the parse itself for a
-    small chunk, and a stream has a dozen of them per answer. Anything else (whitespace
-    around the value, a byte order mark, UTF-16, an error) goes to ``json.loads``, so the
-    value, or the ``ValueError``, is the same.
-    """
-    try:
-        text = data.decode()
-        value, end = _DECODER.raw_decode(text)
-    except ValueError:
-        return json.loads(data)
-    return value if end == len(text) else json.loads(data)
 
 
 class SseParser:
@@ -107,7 +97,7 @@ class SseParser:
             self.done = True
             return None
         try:
-            event = _loads(data)
+            event = loads(data)
         except ValueError:
             self.info.garbage_lines += 1
             return None
@@ -207,7 +197,7 @@ class OpenAIChat(AsyncGeneratorProvider, ProviderModelMixin):
 
     def render(self, request: ChatRequest) -> str:
         """The messages sent for ``request``, as JSON (images described, not included)."""
-        return json.dumps(request.shown_dicts, ensure_ascii=False)
+        return dumps(request.shown_dicts)
 
     def batch_body(self, request: ChatRequest) -> dict[str, Any]:
         """The chat-completions body of ``request`` for the Batch API (never streamed)."""
@@ -231,7 +221,7 @@ class OpenAIChat(AsyncGeneratorProvider, ProviderModelMixin):
         if self.stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
-        return json.dumps(body, ensure_ascii=False).encode()
+        return dumps(body).encode()
 
     def _request(
         self, model: str, messages: Sequence[Mapping[str, Any]], options: dict[str, Any]
