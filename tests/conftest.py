@@ -3,13 +3,33 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from anyio.from_thread import start_blocking_portal
 
 from aibatch.providers.emulator import Emulator
+
+
+@pytest.fixture(scope="session", autouse=True)
+def price_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The price cache (aibatch.jobs.price_cache) of the whole session, out of the real home.
+
+    Set in ``os.environ``, so that subprocesses inherit it; restored afterwards.
+    """
+    folder = tmp_path_factory.mktemp("aibatch-cache")
+    before = os.environ.get("AIBATCH_CACHE_DIR")
+    os.environ["AIBATCH_CACHE_DIR"] = str(folder)
+    try:
+        yield folder
+    finally:
+        if before is None:
+            os.environ.pop("AIBATCH_CACHE_DIR", None)
+        else:
+            os.environ["AIBATCH_CACHE_DIR"] = before
 
 
 @pytest.fixture

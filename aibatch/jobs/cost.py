@@ -55,6 +55,7 @@ T = TypeVar("T")
 
 INSTALL_PRICES = "pip install 'aibatch[prices]'"
 GIVE_PRICES = "set --input-price and --output-price (USD per million tokens)"
+_NO_TABLE = f"no price table installed ({INSTALL_PRICES}), or {GIVE_PRICES}"
 # Estimates: about 4 characters a token for English prose with the common tokenizers
 # (the low end); code, numbers and other scripts take more tokens, so the high end
 # counts a token for every 2 bytes of UTF-8. Each message adds a few tokens of format.
@@ -240,24 +241,47 @@ def _look_up(model: str, input_price: float | None, output_price: float | None) 
 
 
 def _table_price(model: str) -> Price | str:
-    """The genai-prices price of ``model`` now, or why there is none."""
+    """The genai-prices price of ``model`` now, or why there is none.
+
+    An answer that cannot change with time is kept on disk for the installed table
+    (:mod:`.price_cache`): a later run pricing the model does not import genai-prices.
+    """
+    from .price_cache import PriceCache  # not at the top: it imports Price and Rate
+
+    cache = PriceCache.open()
+    if not cache.installed:
+        return _NO_TABLE
+    found = cache.get(model)
+    if found is None:
+        found, lasts = _read_table(model)
+        if lasts:
+            cache.put(model, found)
+    return found
+
+
+def _read_table(model: str) -> tuple[Price | str, bool]:
+    """:func:`_table_price` from the table itself, and whether that answer lasts."""
+    from .price_cache import lasting
+
     try:
         import genai_prices
         from genai_prices import data_snapshot
         from genai_prices.types import TieredPrices
     except ImportError:
-        return f"no price table installed ({INSTALL_PRICES}), or {GIVE_PRICES}"
+        return _NO_TABLE, False  # a broken install may be mended without changing it
     table = f"genai-prices {genai_prices.__version__}"
     try:
         provider, info = data_snapshot.get_snapshot().find_provider_model(model, None, None, None)
     except LookupError:
-        return f"{table} has no price for model {model!r}; {GIVE_PRICES}"
+        return f"{table} has no price for model {model!r}; {GIVE_PRICES}", True
+    lasts = lasting(info)
     prices = info.get_prices(datetime.now(UTC))
     keys = {key for key, value in vars(prices).items() if value is not None}
     unknown = sorted(keys - _PRICED - _NOT_BILLED_HERE)
     if unknown or prices.input_mtok is None or prices.output_mtok is None:
         what = f" (also {', '.join(unknown)})" if unknown else ""
-        return f"{table} does not price model {model!r} by its tokens{what}; {GIVE_PRICES}"
+        why = f"{table} does not price model {model!r} by its tokens{what}; {GIVE_PRICES}"
+        return why, lasts
 
     def rate(value: Any) -> Rate:
         if isinstance(value, TieredPrices):
@@ -266,12 +290,13 @@ def _table_price(model: str) -> Price | str:
         return Rate(float(value))
 
     requests = prices.requests_kcount
-    return Price(
+    price = Price(
         input=rate(prices.input_mtok),
         output=rate(prices.output_mtok),
         per_request=rate(requests).base / 1000 if requests is not None else 0.0,
         source=f"{table}: {provider.id} {info.id}",
     )
+    return price, lasts
 
 
 def request_size(request: ChatRequest) -> tuple[int, int, int, int]:
