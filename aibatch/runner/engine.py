@@ -57,7 +57,6 @@ from ..jobs.checkpoint import (
     Plan,
     checkpoint_dir,
     has_batches,
-    request_hash,
     row_key,
 )
 from ..jobs.cost import Budget, PriceLookup, look_up_price, max_input_tokens
@@ -428,20 +427,27 @@ class _Partition:
         """
         if batch.start + batch.data.num_rows > len(plan.loc):
             raise InputChanged(self.source.name, "it has more rows than when it was first read")
-        requests = self.builder.requests(batch, load_images=True, only=rows.tolist(), texts=texts)
-        ids = self.builder.ids(batch)
-        keys, service = self.keys, self.service
-        jobs = []
-        for index in rows.tolist():
+        indexes = rows.tolist()
+        requests = self.builder.requests(batch, load_images=True, only=indexes, texts=texts)
+        sent: list[ChatRequest] = []
+        for index in indexes:
             request = requests[index]
-            row = batch.start + index
-            expected = int(keys.request_hashes[row])
-            if request is None or request_hash(request, service) != expected:
+            if request is None:  # a row the scan found a prompt in
                 raise InputChanged(
                     self.source.name, f"row {batch.first_row + index} is not what it was"
                 )
-            jobs.append(_Job(row, row_key(ids[index], expected), expected, request))
-        return jobs
+            sent.append(request)
+        hashes, keys = self.builder.sent_keys(batch, indexes, sent, self.service)
+        changed = np.flatnonzero(hashes != self.keys.request_hashes[batch.start + rows])
+        if len(changed):
+            row = batch.first_row + indexes[changed[0]]
+            raise InputChanged(self.source.name, f"row {row} is not what it was")
+        return [
+            _Job(row, key, hash_, request)
+            for row, key, hash_, request in zip(
+                (batch.start + rows).tolist(), keys.tolist(), hashes.tolist(), sent, strict=True
+            )
+        ]
 
     async def _work(
         self, jobs: MemoryObjectReceiveStream[_Job], results: MemoryObjectSendStream[RowResult]

@@ -191,6 +191,26 @@ class PromptBuilder:
         keys[skipped] = 0
         return BatchKeys(keys, hashes, skipped, id_hashes)
 
+    def sent_keys(
+        self, batch: Batch, rows: Sequence[int], requests: Sequence[ChatRequest], service: str
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The request hashes and row keys of ``requests``, the requests of ``batch``'s ``rows``.
+
+        What :meth:`keys` gives those rows, from the requests the send step built: the
+        plain prompts' hashes go on from one hashed prefix, and the row keys of rows
+        that follow each other without an id column are hashed as a range.
+        """
+        if self.spec.messages_column or self.image_columns:
+            hashes = np.array([request_hash(r, service) for r in requests], np.uint64)
+        else:  # each request is _request(prompt): only its last message's text differs
+            hashes = self._hasher(service).hashes([r.messages[-1].content for r in requests])
+        if self.spec.id_column:
+            ids = self.ids(batch)
+            return hashes, row_keys([ids[i] for i in rows], hashes)
+        if len(rows) and rows[-1] - rows[0] == len(rows) - 1:  # a range: rows are in order
+            return hashes, positional_row_keys(batch.first_row + rows[0], hashes)
+        return hashes, row_keys([str(batch.first_row + i) for i in rows], hashes)
+
     def _hasher(self, service: str) -> PromptHasher:
         hasher = self._hashers.get(service)
         if hasher is None:

@@ -539,6 +539,39 @@ def test_the_scans_keys_are_those_of_each_request_built_whole(options, columns):
     assert any(expected_skipped) and not all(expected_skipped)
 
 
+@pytest.mark.parametrize(
+    ("options", "columns"),
+    [
+        ({}, {"prompt": VARIED}),
+        ({"system": "S", "temperature": 0.3, "schema": SCHEMA}, {"prompt": VARIED}),
+        (
+            {"id_column": "id"},
+            {"prompt": VARIED, "id": ["a", "b", "ü", "d d", "5", "6:7", "🎉"]},
+        ),
+        (
+            {"messages_column": "chat", "system": "S"},
+            {"chat": [conversation(("user", t or "")) for t in VARIED]},
+        ),
+    ],
+    ids=["plain", "system-options-schema", "id-column", "messages"],
+)
+@pytest.mark.parametrize("which", ["in-a-row", "with-gaps"])
+def test_the_send_steps_keys_are_the_scans(options, columns, which):
+    b = builder(**options)
+    rows = batch(start=95, **columns)  # row ids 95 to 101 cross from two digits to three
+    scanned = b.keys(rows, SERVICE)
+    sendable = [i for i, skipped in enumerate(scanned.skipped.tolist()) if not skipped]
+    # in a row: ids 99, 100, 101 (the range crosses a digit); with gaps: 95, 99, 100, 101
+    chosen = sendable[-3:] if which == "in-a-row" else sendable
+    assert chosen == ([4, 5, 6] if which == "in-a-row" else [0, 4, 5, 6])
+    requests = b.requests(rows)
+
+    hashes, keys = b.sent_keys(rows, chosen, [requests[i] for i in chosen], SERVICE)
+
+    assert hashes.tolist() == scanned.request_hashes[chosen].tolist()
+    assert keys.tolist() == scanned.row_keys[chosen].tolist()
+
+
 def test_the_scans_id_hashes_tell_repeated_ids():
     b = builder(id_column="id")
 
