@@ -12,6 +12,7 @@ from __future__ import annotations
 import compileall
 import contextlib
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -181,6 +182,10 @@ class Bench:
         self.reruns: list[Run] = []  # the resume section's re-runs of a finished job
         self._serial = 0
         compile_clients(log)
+        # aibatch keeps the price table's answers in a cache folder: this run's own, so
+        # that no figure depends on what an earlier run left (the first run fills it,
+        # as a cron job's first run does)
+        os.environ["AIBATCH_CACHE_DIR"] = str(self.workdir / "cache")
 
     def close(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
