@@ -9,7 +9,6 @@ that a later section asking for the same figures reuses them.
 
 from __future__ import annotations
 
-import compileall
 import contextlib
 import json
 import os
@@ -151,21 +150,6 @@ def median(values: Iterable[float]) -> float:
     return statistics.median(data) if data else float("nan")
 
 
-def compile_clients(log: Callable[[str], None]) -> None:
-    """Byte-compile aibatch and the benchmark clients, as an installed package is.
-
-    pip compiles a package when it installs it, and Python caches what it compiles on
-    first import, unless ``PYTHONDONTWRITEBYTECODE`` is set (as on some CI machines and
-    containers). Then every module changed since its cached bytecode was written would
-    be compiled again in every timed run, which no installed copy ever does: on one such
-    machine, 30 to 70 ms of each ``aibatch run``'s start-up. ``compileall`` writes the
-    cache whatever that variable says.
-    """
-    for package in ("aibatch", "benchmarks"):
-        if not compileall.compile_dir(REPO / package, quiet=1):
-            log(f"warning: some of {package} did not byte-compile")
-
-
 class Bench:
     """The state of one ``python -m benchmarks`` invocation: scratch folder, runs, log."""
 
@@ -181,7 +165,6 @@ class Bench:
         self.finished: dict[Config, Path] = {}
         self.reruns: list[Run] = []  # the resume section's re-runs of a finished job
         self._serial = 0
-        compile_clients(log)
         # aibatch keeps the price table's answers in a cache folder: this run's own, so
         # that no figure depends on what an earlier run left (the first run fills it,
         # as a cron job's first run does)
