@@ -26,6 +26,9 @@ Why an answer read from the file is never a wrong price:
   written only when it reads back equal to itself.
 - A table replaced in the running process (genai-prices' ``UpdatePrices`` or
   ``set_custom_snapshot``) bypasses the file, both ways.
+- An answer is kept only for the install this process imported the table of (the one
+  :meth:`PriceCache.open` found before the import): a process that imported it before
+  an upgrade on disk, or that aibatch did not see import it, keeps nothing.
 
 The cache is a convenience: a folder that cannot be made or written (a read-only home,
 cron without ``HOME``) is logged at debug level and the table is read as without it.
@@ -78,6 +81,9 @@ MAX_FILE_BYTES = 1 << 20
 _TABLE_FILES = ("data.py", "__init__.py")
 _DIST_PREFIXES = ("genai_prices-", "genai-prices-")
 _DIST_SUFFIXES = (".dist-info", ".egg-info")
+_TABLE_MODULE = "genai_prices.data"
+# the install found last before this process imported the table: the one it holds
+_imported: dict[str, TableKey] = {}
 
 
 def cache_dir() -> Path | None:
@@ -208,6 +214,8 @@ class PriceCache:
             return cls(installed=True)
         if key is None:
             return cls(installed=False)
+        if _TABLE_MODULE not in sys.modules:
+            _imported["table"] = key
         folder = cache_dir()
         if folder is None or _replaced_in_process():
             return cls(installed=True, key=key)
@@ -234,6 +242,9 @@ class PriceCache:
         is damaged. Never raises: a file not written is logged (debug level).
         """
         if self.path is None or self.key is None or len(model) > MAX_MODEL_CHARS:
+            return
+        if _imported.get("table") != self.key:  # the table in memory is another one
+            log.debug("the price of %r is not cached: the table loaded is not %s", model, self.key)
             return
         try:
             entry = _encode(found)
