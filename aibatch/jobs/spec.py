@@ -67,6 +67,19 @@ def _check(condition: bool, message: str) -> None:
         raise UsageError(message)
 
 
+_NOT_TEXT = "is not valid Unicode text (bytes that are not UTF-8, or a lone surrogate)"
+
+
+def _is_text(value: str | None) -> bool:
+    """Whether ``value`` can be sent as UTF-8 (``None`` too)."""
+    try:
+        if value is not None:
+            value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RetryPolicy:
     """How a failed request is retried (names as in ``stamina``).
@@ -198,6 +211,9 @@ class JobSpec:
             self.stop is None or (0 < len(self.stop) <= 4 and all(self.stop)),
             "stop takes 1 to 4 non-empty strings",
         )
+        for name in ("template", "system", "model"):  # sent as UTF-8: a lone surrogate cannot be
+            _check(_is_text(getattr(self, name)), f"{name} {_NOT_TEXT}")
+        _check(all(map(_is_text, self.stop or ())), f"stop {_NOT_TEXT}")
         _check(
             self.image_columns is None or (bool(self.image_columns) and all(self.image_columns)),
             "image_columns takes one or more column names",

@@ -13,6 +13,8 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
+AIBATCH = str(Path(sys.executable).with_name("aibatch"))
+
 # gpt-5-mini's input price, and every other 0.25 of the table with it
 OLD_PRICE = "input_mtok=Decimal('0.25')"
 NEW_PRICE = "input_mtok=Decimal('0.875')"
@@ -62,3 +64,15 @@ def test_a_table_upgraded_under_a_running_process_is_not_cached_with_its_old_pri
     later = python(NOTE, env)
 
     assert later == python(NOTE, {**env, "AIBATCH_CACHE_DIR": "off"})
+
+
+def test_a_system_message_that_is_not_utf8_is_a_usage_error_not_a_crash(tmp_path: Path):
+    (tmp_path / "in.csv").write_text("prompt\nhi\n")
+    done = subprocess.run(
+        [AIBATCH, "run", "in.csv", "--emulate", "--provider", "openai", "--system", b"\xff"],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=120,
+    )
+
+    assert done.returncode == 2, done.stderr
