@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import aiohttp
 
 from ..errors import TokenRejected, TransientError, UsageError
-from ._http import HTTP_ERRORS, LineSplitter, http_error, response_error
+from ._http import HTTP_ERRORS, LineSplitter, http_error, loads, response_error
 from .base import AsyncGeneratorProvider, ProviderModelMixin, StreamInfo
 from .helpers import format_prompt, get_random_string
 from .tokens import Token, TokenManager
@@ -231,7 +231,7 @@ def _decode_line(line: bytes) -> object:
     if not line.strip():
         return None
     try:
-        message = json.loads(line)["data"]["message"]
+        message = loads(line)["data"]["message"]
     except (ValueError, KeyError, TypeError):
         return _GARBAGE
     if message is None or isinstance(message, str):

@@ -179,7 +179,7 @@ def read_message(
     if not isinstance(content, list):
         return ""
     tools = [
-        json.dumps(block["input"], ensure_ascii=False)
+        dumps(block["input"])
         for block in content
         if isinstance(block, dict) and block.get("type") == "tool_use" and "input" in block
     ]

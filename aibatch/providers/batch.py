@@ -17,7 +17,6 @@ chunk is never held in memory whole.
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -39,7 +38,9 @@ from ..types import ChatRequest, Completion
 from ._http import (
     HTTP_ERRORS,
     LineSplitter,
+    dumps,
     http_error,
+    loads,
     read_json_object,
     response_error,
     status_error,
@@ -193,7 +194,7 @@ class BatchClient:
         status = None
         sent_headers = {**self._headers, **(headers or {})}
         if body is not None:
-            data = json.dumps(body, ensure_ascii=False).encode()
+            data = dumps(body).encode()
             sent_headers["Content-Type"] = "application/json"
         elif data is not None:
             sent_headers.pop("Content-Type", None)
@@ -243,7 +244,7 @@ def _json_line(line: bytes, what: str) -> dict[str, Any] | None:
     if not line.strip():
         return None
     try:
-        item = json.loads(line)
+        item = loads(line)
     except ValueError as exc:
         raise TransientError(f"{what}: a line is not JSON") from exc
     if not isinstance(item, dict):
@@ -282,7 +283,7 @@ class OpenAIBatches(BatchClient):
     def line(self, custom_id: str, request: ChatRequest) -> bytes:
         body = self.provider.batch_body(request)
         item = {"custom_id": custom_id, "method": "POST", "url": self.ENDPOINT, "body": body}
-        return json.dumps(item, ensure_ascii=False).encode() + b"\n"
+        return dumps(item).encode() + b"\n"
 
     @property
     def _base(self) -> str:
@@ -392,7 +393,7 @@ class AnthropicBatches(BatchClient):
 
     def line(self, custom_id: str, request: ChatRequest) -> bytes:
         item = {"custom_id": custom_id, "params": self.provider.batch_body(request)}
-        return json.dumps(item, ensure_ascii=False).encode() + b"\n"
+        return dumps(item).encode() + b"\n"
 
     @property
     def _base(self) -> str:
